@@ -1,0 +1,113 @@
+"""Where metrics go: ``metrics.jsonl`` always, and wandb (offline by default) when enabled.
+
+wandb never takes a run down: if it cannot start (no API key for online mode, no network,
+service crash) the run falls back to offline mode, then to local files only, with a warning.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from pathlib import Path
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+class JsonlLogger:
+    """One JSON object per logged iteration in ``metrics.jsonl``."""
+
+    def __init__(self, run_dir: Path, resume_iteration: int | None = None):
+        self.path = Path(run_dir) / "metrics.jsonl"
+        if resume_iteration is not None and self.path.exists():
+            # Drop lines written after the checkpoint we resume from: they will be recomputed.
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("iteration", 0) <= resume_iteration]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            os.replace(tmp, self.path)
+        elif self.path.exists():
+            self.path.unlink()
+        self._file = open(self.path, "a")
+
+    def log(self, record: dict):
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+class WandbLogger:
+    """A wandb run inside the run directory. ``mode`` null means: respect ``WANDB_MODE``, else offline."""
+
+    def __init__(self, cfg_logger, run_dir: Path, config: dict, choices: dict):
+        import wandb
+
+        self.wandb = wandb
+        mode = cfg_logger.get("mode")
+        if mode is None:
+            mode = os.environ.get("WANDB_MODE", "offline")
+        if mode not in ("online", "offline", "disabled"):
+            from sofo_lab.errors import ConfigError
+
+            raise ConfigError("logger.mode", mode, "choose one of ['online', 'offline', 'disabled'] or null")
+        kwargs = dict(dir=str(run_dir), project=cfg_logger.get("project") or "sofo-lab",
+                      entity=cfg_logger.get("entity"), group=cfg_logger.get("group"),
+                      tags=list(cfg_logger.get("tags") or []), name=cfg_logger.get("run_name"),
+                      config={**config, "choices": choices}, settings=wandb.Settings(start_method="thread"),
+                      reinit="finish_previous", id=cfg_logger.get("run_id"), resume="allow")
+        self.run = None
+        for attempt in dict.fromkeys([mode, "offline"]):
+            try:
+                self.run = wandb.init(mode=attempt, **kwargs)
+                self.mode = attempt
+                break
+            except Exception as err:   # noqa: BLE001 - any wandb failure must not lose the run
+                warnings.warn(f"wandb could not start in {attempt} mode ({type(err).__name__}: {err}); "
+                              "falling back", stacklevel=2)
+        if self.run is None:
+            warnings.warn("wandb is off for this run; metrics are still in metrics.jsonl", stacklevel=2)
+
+    def _safe(self, fn, *args, **kwargs):
+        if self.run is None:
+            return
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001
+            warnings.warn(f"wandb failed ({type(err).__name__}: {err}); continuing with local logs only",
+                          stacklevel=3)
+            self.run = None
+
+    def log(self, record: dict):
+        step = record.get("iteration")
+        data = {k: v for k, v in record.items() if k != "iteration" and isinstance(v, (int, float))}
+        self._safe(self.run.log if self.run else None, data, step=step)
+
+    def images(self, paths, step=None):
+        if self.run is None:
+            return
+        self._safe(self.run.log, {Path(p).stem: self.wandb.Image(str(p)) for p in paths}, step=step)
+
+    def summary(self, summary: dict):
+        def flat(d, prefix=""):
+            for k, v in d.items():
+                if isinstance(v, dict):
+                    yield from flat(v, f"{prefix}{k}/")
+                elif v is not None:
+                    yield f"{prefix}{k}", v
+        if self.run is not None:
+            self._safe(self.run.summary.update, dict(flat(summary)))
+
+    @property
+    def directory(self):
+        return getattr(self.run, "dir", None) if self.run is not None else None
+
+    def close(self, exit_code: int = 0):
+        if self.run is not None:
+            self._safe(self.run.finish, exit_code=exit_code)
+            self.run = None

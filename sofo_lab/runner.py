@@ -1,0 +1,233 @@
+"""The training loop: one jitted update per iteration, everything else on the host.
+
+Inside jit: derive the iteration's key from (seed, iteration), sample the batch (and the
+dynamics noise), run the optimizer's update. Outside: progress bar, metrics read one step
+late (the device is already busy with the next step), periodic evaluation on a fixed
+held-out batch, checkpoints, plots, summary. Keys depend only on the seed and the iteration
+number, so a run resumed from a checkpoint computes exactly what an uninterrupted run does.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from sofo_lab import checkpoint, profiling
+from sofo_lab.assemble import Setup, build
+from sofo_lab.errors import ConfigError, RunFailed
+from sofo_lab.loggers import JsonlLogger, WandbLogger
+from sofo_lab.reporting import format_metrics, plot_loss_curve, write_json_atomic
+from sofo_lab.system import count_params, rollout
+
+
+class TrainState(NamedTuple):
+    params: Any
+    opt_state: Any
+    data_state: Any
+    carry: Any              # network state carried across windows (streams); None when episodic
+    iteration: jax.Array    # int32 scalar: updates done so far
+
+
+def _keys(seed: int):
+    init, train, eval_, data = jax.random.split(jax.random.PRNGKey(seed), 4)
+    return init, train, eval_, data
+
+
+def init_train_state(setup: Setup, seed: int, batch_size: int) -> TrainState:
+    k_init, _, _, k_data = _keys(seed)
+    params = setup.system.init_params(k_init)
+    carry = None if setup.task.episodic else setup.system.init_state(params, batch_size)
+    return TrainState(params, setup.optimizer.init(params), setup.task.init_data(k_data, batch_size),
+                      carry, jnp.zeros((), jnp.int32))
+
+
+def make_train_step(setup: Setup, seed: int, batch_size: int):
+    task, system, optimizer = setup.task, setup.system, setup.optimizer
+    _, k_train, _, _ = _keys(seed)
+
+    def train_step(ts: TrainState):
+        k_data, k_noise, k_opt = jax.random.split(jax.random.fold_in(k_train, ts.iteration), 3)
+        data_state, batch = task.next_batch(ts.data_state, k_data, batch_size)
+        batch = batch._replace(noise=system.sample_noise(k_noise, batch.inputs.shape[0], batch_size))
+        params, opt_state, carry, metrics = optimizer.update(ts.params, ts.opt_state, batch, k_opt, ts.carry)
+        finite = jnp.isfinite(metrics["loss"])
+        for leaf in jax.tree.leaves(params):
+            finite &= jnp.all(jnp.isfinite(leaf))
+        metrics = {**metrics, "finite": finite}
+        carry = None if task.episodic else carry
+        return TrainState(params, opt_state, data_state, carry, ts.iteration + 1), metrics
+
+    return train_step
+
+
+def make_eval(setup: Setup, seed: int, batch_size: int):
+    """A jitted evaluation on a fixed held-out batch, or None when the task has none."""
+    task, system = setup.task, setup.system
+    _, _, k_eval, _ = _keys(seed)
+    k_batch, k_noise = jax.random.split(k_eval)
+    batch = task.eval_batch(k_batch, batch_size)
+    if batch is None:
+        return None, None
+    batch = batch._replace(noise=system.sample_noise(k_noise, batch.inputs.shape[0], batch_size))
+
+    @jax.jit
+    def evaluate(params):
+        _, ys, losses = rollout(system, params, system.init_state(params, batch_size), batch)
+        return {"loss": losses.sum(), **task.evaluate(batch, ys)}, ys
+
+    return evaluate, batch
+
+
+def _host(metrics: dict) -> dict:
+    return {k: (v.item() if np.ndim(v) == 0 else v) for k, v in jax.device_get(metrics).items()}
+
+
+def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
+    """Run (or resume) the experiment described by ``cfg`` in ``run_dir``; return the summary."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    setup = build(cfg)
+    container = OmegaConf.to_container(cfg, resolve=True)
+    B, iterations = cfg.batch_size, cfg.iterations
+
+    ts = init_train_state(setup, cfg.seed, B)
+    resumed_from = None
+    saved = checkpoint.load(run_dir) if cfg.get("resume", True) else None
+    if saved is not None:
+        if saved["config_hash"] != checkpoint.config_hash(container):
+            diff = "; ".join(checkpoint.differences(saved["config"], checkpoint.config_fingerprint(container))[:4])
+            raise ConfigError("hydra.run.dir", str(run_dir),
+                              f"holds a checkpoint of a different config ({diff}); rerun with the same "
+                              "overrides to resume, pick a new hydra.run.dir, or set resume=false")
+        ts = jax.tree.map(jnp.asarray, saved["state"])
+        resumed_from = int(ts.iteration)
+
+    history_logger = JsonlLogger(run_dir, resume_iteration=resumed_from if resumed_from is not None else None)
+    history = _read_history(history_logger.path) if resumed_from is not None else []
+    wandb_logger = None
+    if cfg.logger.name == "wandb":
+        wandb_logger = WandbLogger(cfg.logger, run_dir, container, choices or {})
+
+    status, error = "completed", None
+    try:
+        step = make_train_step(setup, cfg.seed, B)
+        compiled, lower_s, compile_s = profiling.compile_timed(step, ts)
+        evaluate, eval_batch = make_eval(setup, cfg.seed, setup.eval_batch_size)
+        profile = {"n_params": count_params(ts.params), "lower_s": lower_s, "compile_s": compile_s,
+                   "step_memory_bytes": profiling.compiled_memory_bytes(compiled),
+                   "flops": profiling.compiled_flops(compiled)}
+        start = int(ts.iteration)
+        if resumed_from is not None:
+            print(f"Resuming {run_dir} from iteration {start}", file=sys.stderr)
+        durations, t_start = [], time.perf_counter()
+        bar = tqdm(total=iterations, initial=min(start, iterations), desc=f"{cfg.task.name}/{cfg.optim.name}",
+                   disable=not cfg.get("progress", True), dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
+        pending, last_ready, busy = None, None, True
+
+        def handle(i, metrics, ts_after):
+            nonlocal last_ready, busy
+            m = _host(metrics)
+            now = time.perf_counter()
+            if last_ready is not None and not busy:
+                durations.append(now - last_ready)
+            last_ready, busy = now, False
+            if not m.pop("finite"):
+                raise RunFailed(f"non-finite loss or parameters at iteration {i} (loss={m['loss']}); "
+                                f"stopped. The last good checkpoint in {run_dir / checkpoint.CHECKPOINT} is kept; "
+                                "lower optim.lr or add optim.clip_norm")
+            done = i + 1
+            bar.update(1)
+            record = {}
+            if done % cfg.log_every == 0 or done == iterations:
+                record.update({f"train/{k}": v for k, v in m.items()})
+                bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)
+            if evaluate is not None and (done % cfg.eval_every == 0 or done == iterations):
+                record.update({f"eval/{k}": v for k, v in _host(evaluate(ts_after.params)[0]).items()})
+                busy = True
+            if record:
+                record = {"iteration": done, "time_s": round(time.perf_counter() - t_start, 4), **record}
+                history.append(record)
+                history_logger.log(record)
+                if wandb_logger:
+                    wandb_logger.log(record)
+            if done % cfg.checkpoint_every == 0 or done == iterations:
+                checkpoint.save(run_dir, ts_after, container)
+                busy = True
+
+        for i in range(start, iterations):
+            new_ts, metrics = compiled(ts)
+            if pending is not None:
+                handle(*pending)
+            pending, ts = (i, metrics, new_ts), new_ts
+        if pending is not None:
+            handle(*pending)
+        bar.close()
+    except RunFailed as err:
+        status, error = "diverged", str(err)
+        bar.close()
+    finally:
+        history_logger.close()
+
+    final, plots = {}, []
+    last_train = next((r for r in reversed(history) if "train/loss" in r), {})
+    final.update({k: v for k, v in last_train.items() if k.startswith("train/")})
+    if evaluate is not None and status == "completed":
+        eval_metrics, ys = evaluate(ts.params)
+        final.update({f"eval/{k}": v for k, v in _host(eval_metrics).items()})
+        final["loss"] = final["eval/loss"]
+        if cfg.get("plots", True):
+            plots += setup.task.plot(str(run_dir), eval_batch, np.asarray(ys))
+    elif "train/loss" in final:
+        final["loss"] = final["train/loss"]
+    if cfg.get("plots", True):
+        curve = plot_loss_curve(run_dir, history)
+        plots += [curve] if curve else []
+
+    profile.update(profiling.step_time_stats(durations))
+    profile.update(device_peak_bytes=profiling.device_peak_bytes(),
+                   host_peak_rss_bytes=profiling.host_peak_rss_bytes(),
+                   backend=jax.default_backend(), device=str(jax.devices()[0].device_kind))
+    summary = {"status": status, "error": error, "iterations": int(ts.iteration), "resumed_from": resumed_from,
+               "final": final, "profile": profile, "plots": [Path(p).name for p in plots],
+               "run_dir": str(run_dir), "choices": choices or {}}
+    write_json_atomic(run_dir / "summary.json", summary)
+    if wandb_logger:
+        if plots:
+            wandb_logger.images(plots)
+        wandb_logger.summary({"final": final, "profile": profile, "status": status})
+        summary["wandb_dir"] = wandb_logger.directory
+        wandb_logger.close(exit_code=0 if status == "completed" else 1)
+    _print_result(setup, summary)
+    if error:
+        raise RunFailed(error)
+    return summary
+
+
+def _read_history(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _print_result(setup: Setup, summary: dict) -> None:
+    final, profile = summary["final"], summary["profile"]
+    lines = [f"Run directory: {summary['run_dir']}"]
+    described = setup.task.describe(final)
+    if described:
+        lines.append(described)
+    lines.append("Final: " + format_metrics({k: v for k, v in final.items() if not k.startswith("train/")}
+                                            or final))
+    ms = profile.get("step_time_median_s")
+    mem = profile.get("step_memory_bytes")
+    lines.append(f"Profile: {profile['n_params']} params, compile {profile['compile_s']:.2f} s"
+                 + (f", {ms * 1e3:.2f} ms/iteration (median)" if ms and math.isfinite(ms) else "")
+                 + (f", step memory {mem / 2**20:.1f} MiB" if mem else ""))
+    print("\n".join(lines), flush=True)

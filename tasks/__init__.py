@@ -1,0 +1,15 @@
+"""Task catalogue: one task per module. ``TASKS`` maps the config name to the class path."""
+import importlib
+
+TASKS = {
+    "kalman": "tasks.kalman:Kalman",
+}
+
+
+def task_class(name: str):
+    from sofo_lab.errors import ConfigError
+
+    if name not in TASKS:
+        raise ConfigError("task.name", name, f"choose one of {sorted(TASKS)}")
+    module, cls = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), cls)

@@ -1,0 +1,69 @@
+"""What a task is: a pure, key-driven sampler with named channels, a loss kind, metrics, plots.
+
+Episodic tasks (``episodic = True``) draw B independent trials of T steps per batch and the
+network state resets every trial. Streaming tasks override ``init_data``/``next_batch`` to
+consume B endless streams window by window; the runner then carries the network state across
+windows.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+from sofo_lab.losses import LOSSES
+from sofo_lab.system import Batch, ModelSystem
+
+
+class Task:
+    name: ClassVar[str]
+    episodic: ClassVar[bool] = True
+    loss_kind: ClassVar[str] = "mse"
+    input_names: ClassVar[tuple[str, ...]]
+    output_names: ClassVar[tuple[str, ...]]
+    needs_model: ClassVar[bool] = True
+    n_steps: int
+
+    @property
+    def n_inputs(self) -> int:
+        return len(self.input_names)
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.output_names)
+
+    @property
+    def loss(self):
+        return LOSSES[self.loss_kind]
+
+    def make_system(self, model):
+        """The system the optimizers train: by default the model alone with the task's loss."""
+        return ModelSystem(model, self.loss)
+
+    def check_batch_size(self, batch_size: int) -> None:
+        """Raise ``ConfigError`` when the batch size cannot work for this task."""
+
+    # --- data -----------------------------------------------------------------------------
+    def sample(self, key, batch_size: int) -> Batch:
+        raise TypeError(f"{type(self).__name__} is a streaming task: use next_batch")
+
+    def init_data(self, key, batch_size: int):
+        return ()
+
+    def next_batch(self, data_state, key, batch_size: int):
+        return data_state, self.sample(key, batch_size)
+
+    def eval_batch(self, key, batch_size: int) -> Batch | None:
+        """The fixed held-out batch evaluated every ``eval_every`` iterations (None: no eval)."""
+        return self.sample(key, batch_size) if self.episodic else None
+
+    # --- reporting ------------------------------------------------------------------------
+    def evaluate(self, batch: Batch, ys) -> dict:
+        """Scalar metrics of outputs ``ys [T, B, O]`` on ``batch`` (jit-able)."""
+        return {}
+
+    def plot(self, out_dir, batch: Batch, ys) -> list[str]:
+        """Write PNG figures of a few trials to ``out_dir``; return their paths."""
+        return []
+
+    def describe(self, final: dict) -> str:
+        """One line for the end of a run: the key metric next to its references."""
+        return ""
