@@ -66,7 +66,7 @@ def build(cfg: DictConfig) -> Setup:
         name = cfg.model.name
         if name not in MODELS:
             raise ConfigError("model.name", name, f"choose one of {sorted(MODELS)}")
-        model = _construct(MODELS[name], dict(n_inputs=task.n_inputs, n_outputs=task.n_outputs, **kwargs),
+        model = _construct(MODELS[name], dict(n_inputs=task.model_n_inputs, n_outputs=task.model_n_outputs, **kwargs),
                            "model")
     system = task.make_system(model)
     optimizer = build_optimizer(cfg.optim, system, episodic=task.episodic, iterations=cfg.iterations,

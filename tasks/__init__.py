@@ -3,6 +3,11 @@ import importlib
 
 TASKS = {
     "kalman": "tasks.kalman:Kalman",
+    "reach": "tasks.reach:Reach",
+    "double_reach": "tasks.double_reach:DoubleReach",
+    "influence": "tasks.influence:Influence",
+    "brackets": "tasks.brackets:Brackets",
+    "anbn": "tasks.anbn:AnBn",
 }
 
 

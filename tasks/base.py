@@ -31,6 +31,16 @@ class Task:
         return len(self.output_names)
 
     @property
+    def model_n_inputs(self) -> int:
+        """Inputs the network sees; a closed-loop task adds plant feedback to the task inputs."""
+        return self.n_inputs
+
+    @property
+    def model_n_outputs(self) -> int:
+        """Network readout size; for a closed-loop task the plant's command (e.g. 2 torques)."""
+        return self.n_outputs
+
+    @property
     def loss(self):
         return LOSSES[self.loss_kind]
 

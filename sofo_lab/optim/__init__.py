@@ -8,6 +8,11 @@ from sofo_lab.optim.base import Optimizer
 
 OPTIMIZERS = {
     "adam": "sofo_lab.optim.bptt",
+    "sofo": "sofo_lab.optim.sofo",
+    "fgd": "sofo_lab.optim.fgd",
+    "tbptt": "sofo_lab.optim.tbptt",
+    "uoro": "sofo_lab.optim.uoro",
+    "rtrl": "sofo_lab.optim.rtrl",
 }
 
 
