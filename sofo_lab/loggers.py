@@ -59,7 +59,7 @@ class WandbLogger:
         kwargs = dict(dir=str(run_dir), project=cfg_logger.get("project") or "sofo-lab",
                       entity=cfg_logger.get("entity"), group=cfg_logger.get("group"),
                       tags=list(cfg_logger.get("tags") or []), name=cfg_logger.get("run_name"),
-                      config={**config, "choices": choices}, settings=wandb.Settings(start_method="thread"),
+                      config={**config, "choices": choices},
                       reinit="finish_previous", id=cfg_logger.get("run_id"), resume="allow")
         self.run = None
         for attempt in dict.fromkeys([mode, "offline"]):
