@@ -1,0 +1,39 @@
+"""A non-editable ``pip install .`` finds its configs from any working directory."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_non_editable_install_runs_from_any_directory(tmp_path):
+    # Copy the sources (not build outputs) so the build never touches the working tree.
+    src = tmp_path / "src"
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "outputs", "*.egg-info", "__pycache__",
+                                                               "build", "wandb", "multirun", "docs"))
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    install = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--quiet", str(src)],
+                             capture_output=True, text=True)
+    assert install.returncode == 0, install.stderr
+    shutil.rmtree(src)   # nothing may point back at the source tree
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    where = subprocess.run([str(py), "-c", "import sofo_lab.cli as c, tasks; print(c.__file__); "
+                            "print(c.CONF_DIR); print(tasks.__file__)"],
+                           cwd=elsewhere, capture_output=True, text=True)
+    assert where.returncode == 0, where.stderr
+    module, conf, tasks_file = where.stdout.split()
+    assert str(venv) in module and str(venv) in tasks_file
+    assert conf.startswith(str(venv)) and (Path(conf) / "task" / "kalman.yaml").is_file()
+
+    run_dir = elsewhere / "run"
+    out = subprocess.run([str(venv / "bin" / "sofo-run"), "iterations=2", "batch_size=2", "task.n_steps=10",
+                          "model.n_hidden=4", "logger=none", "progress=false", "plots=false",
+                          f"hydra.run.dir={run_dir}"], cwd=elsewhere, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
