@@ -1,0 +1,276 @@
+"""What the motor tasks share: timing, reachable targets, loss weights, metrics and plots.
+
+A motor trial (times in seconds, steps of ``dt``):
+
+    idle ─► delay (targets shown, hold at the start) ─► go_1 ─► free window ─► at target 1
+         [─► go_2 = go_1 + gap ─► free window ─► at target 2]                (double reach)
+
+Outputs ``y_t = (hand x, y, ẋ, ẏ, τ1, τ2)`` (tasks/arm.py). Loss per step, summed over t
+(research/sofo_spec.md §3.2):
+
+    (loss_scale / T) · (1/B) Σ_b w_tb [ |p_tb − p*_tb|² + velocity_weight |ṗ_tb|² ] + effort_weight |τ|²
+
+with ``w = hold_weight`` and ``p* = start`` before go_1, ``w = 0`` during each free window,
+``w = target_weight`` and ``p* = target k`` from ``go_k + free`` until ``go_{k+1}`` (or the end).
+
+Targets: angle ~ U[angle_range] (degrees) and radius ~ U[r_min, r_max] around the start hand
+position, as in the authors' code, except that the radius range is cut, direction by direction,
+at the workspace edge ``reach_fraction · (l1 + l2)`` from the shoulder. The authors' sampling
+puts about 13 % of the targets beyond full extension; here every target is reachable.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import ClassVar, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from sofo_lab.errors import ConfigError
+from tasks.arm import ArmSystem, make_arm, start_hand
+from tasks.base import Task
+
+TORQUE_OUTPUTS = ("torque_1", "torque_2")
+
+
+class MotorLatents(NamedTuple):
+    go: jax.Array             # [B, M] go-cue steps of the M movements
+    shown: jax.Array          # [B] step at which the targets appear (end of idle)
+    targets: jax.Array        # [B, M, 2] hand targets (m)
+    window_end: jax.Array     # [B, M] end of each free movement window (endpoint is scored here)
+
+
+def _pair(key, value, low=0.0):
+    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+            and low <= value[0] <= value[1]):
+        raise ConfigError(key, value, f"must be [min, max] seconds with {low} <= min <= max")
+    return float(value[0]), float(value[1])
+
+
+def _positive(key, value, allow_zero=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(key, value, "must be a " + ("non-negative" if allow_zero else "positive") + " number")
+    return float(value)
+
+
+class MotorTask(Task):
+    """Base of ``reach`` and ``double_reach``: subclasses set ``n_moves``, ``gap`` and input layout."""
+
+    loss_kind: ClassVar[str] = "mse"
+    output_names: ClassVar[tuple[str, ...]] = ("hand_x", "hand_y", "hand_vx", "hand_vy") + TORQUE_OUTPUTS
+    n_moves: ClassVar[int] = 1
+
+    def __init__(self, n_steps=180, dt=0.01, tau=0.02, private_noise=0.28, idle=(0.1, 0.3), delay=(0.2, 0.6),
+                 gap=0.0, free=0.5, final_hold=0.1, radius=(0.2, 0.5), angle_range=(-36.0, 216.0),
+                 reach_fraction=0.95, l2=0.30, integrator="euler", torque_scale=1.0, hold_weight=1.0,
+                 target_weight=4.0, velocity_weight=1.0, effort_weight=0.0, loss_scale=10.0, name=None):
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 4:
+            raise ConfigError("task.n_steps", n_steps, "must be an integer >= 4")
+        self.n_steps, self.dt, self.tau = n_steps, _positive("task.dt", dt), _positive("task.tau", tau)
+        self.private_noise = _positive("task.private_noise", private_noise, allow_zero=True)
+        idle, delay = _pair("task.idle", list(idle)), _pair("task.delay", list(delay))
+        gap, free = _positive("task.gap", gap, allow_zero=True), _positive("task.free", free)
+        final_hold = _positive("task.final_hold", final_hold, allow_zero=True)
+        needed = idle[1] + delay[1] + (self.n_moves - 1) * gap + free + final_hold
+        scale = min(1.0, n_steps * self.dt / needed)
+        if scale < 1.0:   # tiny test runs: compress every period by the same factor
+            warnings.warn(f"task.n_steps={n_steps} ({n_steps * self.dt:.2f} s) is shorter than the timing needs "
+                          f"({needed:.2f} s): every period is scaled by {scale:.2f}", stacklevel=2)
+        self.idle, self.delay = tuple(scale * v for v in idle), tuple(scale * v for v in delay)
+        self.gap_steps = round(scale * gap / self.dt)
+        self.free_steps = max(1, round(scale * free / self.dt))
+        self.radius = _pair("task.radius", list(radius), low=0.0)
+        self.angle_range = tuple(float(a) for a in angle_range)
+        self.arm = make_arm(l2, integrator)
+        self.integrator, self.torque_scale = integrator, _positive("task.torque_scale", torque_scale)
+        if not 0.5 <= reach_fraction < 1.0:
+            raise ConfigError("task.reach_fraction", reach_fraction, "must be in [0.5, 1)")
+        self.reach = reach_fraction * (self.arm.l1 + self.arm.l2)
+        self.start = start_hand(self.arm)
+        edge = min(self._edge(math.radians(a)) for a in jnp.linspace(*self.angle_range, 181).tolist())
+        if self.radius[0] > edge:
+            raise ConfigError("task.radius", list(radius),
+                              f"the minimum radius must be <= {edge:.3f} m, the nearest workspace edge")
+        self.weights = dict(hold=_positive("task.hold_weight", hold_weight, True),
+                            target=_positive("task.target_weight", target_weight, True),
+                            velocity=_positive("task.velocity_weight", velocity_weight, True),
+                            effort=_positive("task.effort_weight", effort_weight, True),
+                            scale=_positive("task.loss_scale", loss_scale))
+
+    # --- closed loop -----------------------------------------------------------------------
+    @property
+    def model_n_inputs(self) -> int:
+        return self.n_inputs + ArmSystem.n_feedback
+
+    @property
+    def model_n_outputs(self) -> int:
+        return len(TORQUE_OUTPUTS)
+
+    def make_system(self, model):
+        return ArmSystem(model, self.loss, self.arm, self.dt, self.integrator, self.torque_scale)
+
+    # --- sampling --------------------------------------------------------------------------
+    def _edge(self, angle):
+        """Distance from the start along direction ``angle`` to the workspace edge (works on arrays)."""
+        px, py = self.start
+        dot = px * jnp.cos(angle) + py * jnp.sin(angle)
+        return -dot + jnp.sqrt(dot**2 - (px**2 + py**2) + self.reach**2)
+
+    def sample_targets(self, key, shape):
+        k_angle, k_radius = jax.random.split(key)
+        angle = jnp.deg2rad(jax.random.uniform(k_angle, shape, minval=self.angle_range[0],
+                                               maxval=self.angle_range[1]))
+        r_max = jnp.minimum(self.radius[1], self._edge(angle))
+        radius = self.radius[0] + jax.random.uniform(k_radius, shape) * (r_max - self.radius[0])
+        start = jnp.asarray(self.start)
+        return start + radius[..., None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=-1)
+
+    def sample_timing(self, key, batch_size):
+        """Steps at which the targets appear (``shown [B]``) and the go cues (``go [B, M]``)."""
+        k_idle, k_delay = jax.random.split(key)
+        idle = jax.random.uniform(k_idle, (batch_size,), minval=self.idle[0], maxval=self.idle[1])
+        delay = jax.random.uniform(k_delay, (batch_size,), minval=self.delay[0], maxval=self.delay[1])
+        shown = jnp.round(idle / self.dt).astype(jnp.int32)
+        last_go = self.n_steps - 1 - self.free_steps - (self.n_moves - 1) * self.gap_steps
+        go1 = jnp.clip(jnp.round((idle + delay) / self.dt).astype(jnp.int32), 1, last_go)
+        go = go1[:, None] + self.gap_steps * jnp.arange(self.n_moves, dtype=jnp.int32)
+        return jnp.minimum(shown, go1 - 1), go
+
+    def latents(self, key, batch_size) -> MotorLatents:
+        k_time, k_targets = jax.random.split(key)
+        shown, go = self.sample_timing(k_time, batch_size)
+        targets = self.sample_targets(k_targets, (batch_size, self.n_moves))
+        return MotorLatents(go, shown, targets, go + self.free_steps)
+
+    def loss_terms(self, lat: MotorLatents):
+        """Targets ``[T, B, 6]`` and weights ``[T, B, 6]`` of the phases described above."""
+        T, B = self.n_steps, lat.go.shape[0]
+        t = jnp.arange(T)[:, None]
+        start = jnp.broadcast_to(jnp.asarray(self.start), (T, B, 2))
+        position, w = start, jnp.where(t < lat.go[None, :, 0], self.weights["hold"], 0.0)
+        for k in range(self.n_moves):
+            begin = lat.window_end[None, :, k]
+            end = lat.go[None, :, k + 1] if k + 1 < self.n_moves else T
+            on = (t >= begin) & (t < end)
+            position = jnp.where(on[..., None], lat.targets[None, :, k], position)
+            w = jnp.where(on, self.weights["target"], w)
+        targets = jnp.concatenate([position, jnp.zeros((T, B, 4))], axis=-1)
+        w = w[..., None] * jnp.asarray([1.0, 1.0, self.weights["velocity"], self.weights["velocity"], 0.0, 0.0])
+        w = w + jnp.asarray([0.0] * 4 + [self.weights["effort"]] * 2)
+        return targets, w * (self.weights["scale"] / T)
+
+    def target_inputs(self, lat: MotorLatents):
+        """Each target's displacement from the start in units of ``radius[1]``, ``[T, B, M, 2]``,
+        shown from ``shown`` until the first go cue, zero before and after."""
+        t = jnp.arange(self.n_steps)[:, None]
+        visible = (t >= lat.shown[None]) & (t < lat.go[None, :, 0])
+        rel = (lat.targets - jnp.asarray(self.start)) / self.radius[1]
+        return jnp.where(visible[..., None, None], rel[None], 0.0)
+
+    # --- reporting -------------------------------------------------------------------------
+    def evaluate(self, batch, ys) -> dict:
+        lat: MotorLatents = batch.extras
+        B = ys.shape[1]
+        pos, speed = ys[..., :2], jnp.linalg.norm(ys[..., 2:4], axis=-1)
+        t = jnp.arange(ys.shape[0])[:, None]
+        end = jnp.clip(lat.window_end, 0, ys.shape[0] - 1)
+        at_end = pos[end, jnp.arange(B)[:, None]]                                # [B, M, 2]
+        endpoint = 100.0 * jnp.linalg.norm(at_end - lat.targets, axis=-1)        # [B, M] cm
+        drift = 100.0 * jnp.linalg.norm(pos - jnp.asarray(self.start), axis=-1)  # [T, B] cm
+        hold = jnp.max(jnp.where(t < lat.go[None, :, 0], drift, 0.0), axis=0)
+        moving = t >= lat.go[None, :, 0]
+        final = 100.0 * jnp.linalg.norm(pos[-1] - lat.targets[:, -1], axis=-1)
+        metrics = {
+            "endpoint_error_cm": endpoint.mean(),
+            "final_error_cm": final.mean(),
+            "hold_error_cm": hold.mean(),
+            "moved_early": jnp.mean(hold > 1.0),
+            "peak_speed": jnp.max(jnp.where(moving, speed, 0.0), axis=0).mean(),
+            "within_1cm": jnp.mean(endpoint < 1.0),
+        }
+        if self.n_moves > 1:
+            metrics.update({f"endpoint_error{k + 1}_cm": endpoint[:, k].mean() for k in range(self.n_moves)})
+        return metrics
+
+    def describe(self, final: dict) -> str:
+        keys = ("eval/endpoint_error_cm", "eval/hold_error_cm", "eval/within_1cm", "eval/peak_speed")
+        if not all(k in final for k in keys):
+            return ""
+        err, hold, within, speed = (final[k] for k in keys)
+        return (f"endpoint error {err:.2f} cm ({100 * within:.0f}% within 1 cm)   hold error {hold:.2f} cm   "
+                f"peak speed {speed:.2f} m/s")
+
+    def plot(self, out_dir, batch, ys) -> list[str]:
+        return [plot_trajectories(self, out_dir, batch, ys), plot_torques(self, out_dir, batch, ys)]
+
+
+SEGMENT_STYLES = (":", "-", "--")   # hold, reach 1, reach 2
+
+
+def plot_trajectories(task: MotorTask, out_dir, batch, ys, n_trials: int = 8) -> str:
+    """Hand paths of a few trials in the plane, with start, targets and the workspace edge;
+    one line style per movement segment (go_k to go_{k+1})."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lat = jax.tree.map(np.asarray, batch.extras)
+    ys = np.asarray(ys)
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    edge = np.linspace(0, 2 * np.pi, 200)
+    ax.plot(task.reach * np.cos(edge), task.reach * np.sin(edge), color="0.8", lw=1, label="workspace edge")
+    ax.plot(*task.start, "ks", ms=7, label="start")
+    for i in range(min(n_trials, ys.shape[1])):
+        color = f"C{i % 10}"
+        cuts = [0, *lat.go[i], ys.shape[0]]
+        for k in range(len(cuts) - 1):
+            seg = ys[cuts[k]:cuts[k + 1] + 1, i, :2]
+            ax.plot(seg[:, 0], seg[:, 1], SEGMENT_STYLES[k % 3], color=color, lw=1.4 if k else 0.8)
+        for k in range(task.n_moves):
+            ax.plot(*lat.targets[i, k], "o", mfc="none" if k else color, mec=color, ms=9)
+            ax.annotate(str(k + 1), lat.targets[i, k], fontsize=7, ha="center", va="center")
+    ax.set_aspect("equal")
+    ax.set_xlabel("hand x (m)")
+    ax.set_ylabel("hand y (m)")
+    title = "hand paths (dotted: hold; solid: reach 1" + ("; dashed: reach 2)" if task.n_moves > 1 else ")")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower left", fontsize=7)
+    fig.tight_layout()
+    path = f"{out_dir}/{task.name}_trajectories.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_torques(task: MotorTask, out_dir, batch, ys, n_trials: int = 4) -> str:
+    """Joint torques and hand speed over time for a few trials, go cues marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    lat = jax.tree.map(np.asarray, batch.extras)
+    ys = np.asarray(ys)
+    t = (np.arange(ys.shape[0]) + 1) * task.dt
+    fig, axes = plt.subplots(3, 1, figsize=(8, 6.5), sharex=True)
+    for i in range(min(n_trials, ys.shape[1])):
+        color = f"C{i % 10}"
+        axes[0].plot(t, ys[:, i, 4], color=color, lw=1)
+        axes[1].plot(t, ys[:, i, 5], color=color, lw=1)
+        axes[2].plot(t, np.linalg.norm(ys[:, i, 2:4], axis=-1), color=color, lw=1)
+        for ax in axes:
+            for g in lat.go[i]:
+                ax.axvline(g * task.dt, color=color, ls=":", lw=0.8)
+    axes[0].set_ylabel("shoulder τ1 (N·m)")
+    axes[1].set_ylabel("elbow τ2 (N·m)")
+    axes[2].set_ylabel("hand speed (m/s)")
+    axes[2].set_xlabel("time (s); dotted: go cues")
+    fig.tight_layout()
+    path = f"{out_dir}/{task.name}_torques.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

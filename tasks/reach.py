@@ -1,0 +1,48 @@
+"""``task=reach``: delayed center-out reaching with a two-joint arm (sofo_spec.md §3.2).
+
+Periods of one trial (seconds; CPU default dt = 10 ms, T = 180):
+
+    idle  ~ U[idle]      hold at the start; nothing shown
+    delay ~ U[delay]     the target is shown; keep holding at the start
+    go                   hold signal drops to 0 and the target disappears (memory-guided reach)
+    free window          no loss: move to the target
+    until the end        at the target with zero velocity (weight target_weight)
+
+Channels (plus arm feedback θ − θ_start, θ̇ added by the closed loop, tasks/arm.py):
+
+    hold        1 before the go cue, 0 after
+    target_dx   target − start, in units of radius[1], during the delay only
+    target_dy
+
+Outputs: hand position and velocity (scored) and the joint torques (not scored unless
+``effort_weight`` > 0). Loss, targets and metrics: tasks/motor_common.py.
+"""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import jax.numpy as jnp
+
+from sofo_lab.system import Batch
+from tasks.motor_common import MotorTask
+
+
+class Reach(MotorTask):
+    name: ClassVar[str] = "reach"
+    input_names: ClassVar[tuple[str, ...]] = ("hold", "target_dx", "target_dy")
+    n_moves: ClassVar[int] = 1
+
+    def __init__(self, n_steps=180, dt=0.01, tau=0.02, private_noise=0.28, idle=(0.1, 0.3), delay=(0.2, 0.6),
+                 free=0.5, **kwargs):
+        super().__init__(n_steps=n_steps, dt=dt, tau=tau, private_noise=private_noise, idle=idle, delay=delay,
+                         gap=0.0, free=free, **kwargs)
+
+    def sample(self, key, batch_size: int) -> Batch:
+        lat = self.latents(key, batch_size)
+        t = jnp.arange(self.n_steps)[:, None]
+        hold = (t < lat.go[None, :, 0]).astype(jnp.float32)
+        target = self.target_inputs(lat)[:, :, 0]                   # [T, B, 2]
+        inputs = jnp.concatenate([hold[..., None], target], axis=-1)
+        targets, weights = self.loss_terms(lat)
+        return Batch(inputs=inputs, targets=targets, weights=weights, extras=lat)
+
