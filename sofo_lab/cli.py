@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sofo_lab.errors import ConfigError, RunFailed
 
@@ -143,6 +143,12 @@ def _run(cfg: DictConfig):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
+    from sofo_lab.sweep import sweep_dir_of
+
+    sweep_dir = sweep_dir_of(hc)
+    if sweep_dir is not None and cfg.logger.get("name") == "wandb" and cfg.logger.get("group") is None:
+        with open_dict(cfg):
+            cfg.logger.group = sweep_dir.name   # group a sweep's wandb runs unless the user named a group
     try:
         summary = train(cfg, Path(hc.runtime.output_dir), choices)
     except ConfigError as err:
