@@ -1,0 +1,70 @@
+"""``optim=fgd``: forward gradient descent, the first-order subspace baseline of the SOFO paper.
+
+Shares SOFO's batched forward pass (sofo_lab/optim/_forward.py) but skips the curvature:
+
+    V  = [v_1 … v_K]        Gaussian, unit-norm columns (uniform on the sphere, E[v vᵀ] = I/P)
+    C  = Vᵀ∇L               one batched forward pass
+    ĝ  = (P/K) V C          an unbiased estimate of ∇L: E[ĝ] = (P/K)·K·(I/P)∇L = ∇L
+    θ ← θ + optax_update(ĝ) SGD by default
+
+With ``optim.orthonormalize`` each column is still uniform on the sphere, so ĝ stays unbiased.
+K = 1 is the classic forward gradient.
+
+References:
+    Baydin, Pearlmutter, Syme, Wood, Torr. Gradients without backpropagation. arXiv:2202.08587 (2022).
+    Yu, Xia, Ma, Lengyel, Hennequin. Second-order forward-mode optimization of recurrent neural
+    networks for neuroscience. NeurIPS 2024 (FGD baseline).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import optax
+
+from sofo_lab.optim import _forward
+from sofo_lab.optim.base import Optimizer
+from sofo_lab.optim.sofo import _with_sgd_default, check_tangents
+from sofo_lab.optim.transforms import make_transform
+from sofo_lab.system import tree_norm
+
+
+def fgd_direction(tangents, c, n_params: int):
+    """``(P/K) V C``: the unbiased forward-gradient estimate."""
+    k = c.shape[0]
+    return _forward.combine(tangents, c * (n_params / k))
+
+
+class FgdState(NamedTuple):
+    inner: optax.OptState
+
+
+def fgd(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, orthonormalize: bool = False,
+        sharding: _forward.LaneSharding = _forward.LaneSharding(), fast: bool = True) -> Optimizer:
+    """Forward gradient descent with ``transform`` applied to ``(P/K) V Vᵀ∇L``."""
+    stepper = _forward.stepper_for(system, fast=fast)
+    n_params = _forward.n_params(system)
+
+    def init_fn(params):
+        return FgdState(transform.init(params))
+
+    def update_fn(params, state, batch, key, carry):
+        tangents = _forward.sample_tangents(key, params, n_tangents, orthonormalize)
+        sketch = _forward.forward_sketch(system, params, tangents, batch, carry, with_ggn=False,
+                                         stepper=stepper, sharding=sharding)
+        grad = fgd_direction(tangents, sketch.c, n_params)
+        updates, inner = transform.update(grad, state.inner, params)
+        params = optax.apply_updates(params, updates)
+        metrics = {"loss": sketch.loss.astype(jnp.float32), "grad_norm": tree_norm(grad),
+                   "update_norm": tree_norm(updates)}
+        return params, FgdState(inner), sketch.final_state, metrics
+
+    return Optimizer(init_fn, update_fn)
+
+
+def from_config(cfg, system, *, episodic, iterations, n_steps):
+    del episodic, n_steps
+    k, ortho = check_tangents(cfg, system)
+    transform = make_transform(_with_sgd_default(cfg), iterations)
+    return fgd(system, transform, n_tangents=k, orthonormalize=ortho,
+               sharding=_forward.lane_sharding(cfg.get("shard", "auto"), k), fast=bool(cfg.get("fast", True)))
