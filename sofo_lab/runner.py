@@ -20,7 +20,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sofo_lab import checkpoint, profiling
+from sofo_lab import checkpoint, preemption, profiling
 from sofo_lab.assemble import Setup, build
 from sofo_lab.errors import ConfigError, RunFailed
 from sofo_lab.loggers import JsonlLogger, WandbLogger
@@ -58,6 +58,9 @@ def make_train_step(setup: Setup, seed: int, batch_size: int):
         data_state, batch = task.next_batch(ts.data_state, k_data, batch_size)
         batch = batch._replace(noise=system.sample_noise(k_noise, batch.inputs.shape[0], batch_size))
         params, opt_state, carry, metrics = optimizer.update(ts.params, ts.opt_state, batch, k_opt, ts.carry)
+        if hasattr(task, "online_metrics"):   # streams: running online scores (tasks/streams.py)
+            data_state, extra = task.online_metrics(data_state, metrics, params)
+            metrics = {**metrics, **extra}
         finite = jnp.isfinite(metrics["loss"])
         for leaf in jax.tree.leaves(params):
             finite &= jnp.all(jnp.isfinite(leaf))
@@ -117,6 +120,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
         wandb_logger = WandbLogger(cfg.logger, run_dir, container, choices or {})
 
     status, error = "completed", None
+    stop = preemption.StopSignals()   # SIGTERM/USR1/USR2 (SLURM): checkpoint, then hand the signal on
     try:
         step = make_train_step(setup, cfg.seed, B)
         compiled, lower_s, compile_s = profiling.compile_timed(step, ts)
@@ -162,11 +166,17 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
                 checkpoint.save(run_dir, ts_after, container)
                 busy = True
 
+        stop.install()
         for i in range(start, iterations):
             new_ts, metrics = compiled(ts)
             if pending is not None:
                 handle(*pending)
             pending, ts = (i, metrics, new_ts), new_ts
+            if stop.requested:
+                handle(*pending)
+                pending = None
+                checkpoint.save(run_dir, ts, container)
+                stop.release()   # submitit requeues and exits; plain SLURM: requeue, exit
         if pending is not None:
             handle(*pending)
         bar.close()
@@ -174,6 +184,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
         status, error = "diverged", str(err)
         bar.close()
     finally:
+        stop.uninstall()
         history_logger.close()
 
     final, plots = {}, []
@@ -190,6 +201,8 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
     if cfg.get("plots", True):
         curve = plot_loss_curve(run_dir, history)
         plots += [curve] if curve else []
+        if hasattr(setup.task, "plot_history"):   # streams: online scores / θ over time
+            plots += setup.task.plot_history(str(run_dir), history)
 
     profile.update(profiling.step_time_stats(durations))
     profile.update(device_peak_bytes=profiling.device_peak_bytes(),

@@ -1,0 +1,120 @@
+"""``optim=rtrl``: exact real-time recurrent learning (forward-mode gradient, full Jacobian).
+
+RTRL carries ``J_t = ∂s_t/∂θ`` (flattened state of all B streams × P) forward in time:
+
+    (δs, δθ) = ∂ℓ_{t+1}/∂(s_t, θ)                 backprop through one step
+    g_t      = δs J_t + δθ                         the exact online gradient of ℓ_{t+1}
+    J_{t+1}  = (∂F/∂s) J_t + ∂F/∂θ                 P jvps of the step (vmapped)
+    every ``update_every`` steps:  θ ← θ + optax_update(Σ g)
+
+With ``update_every`` ≥ the horizon (no update inside the trial) Σ g is exactly the BPTT
+gradient. ``J`` is zeroed whenever a trial resets. Memory O(B·dim s·P) and time O(P) forward
+steps per step: for small systems only (``max_jacobian`` guards the size); it is the ground
+truth UORO's estimate ``s̃θ̃ᵀ`` is tested against.
+
+References:
+    R. J. Williams and D. Zipser, A learning algorithm for continually running fully recurrent
+    neural networks, Neural Computation 1(2), 1989; research/uoro_spec.md §1.
+"""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.flatten_util import ravel_pytree
+
+from sofo_lab.errors import ConfigError
+from sofo_lab.optim.base import Optimizer
+from sofo_lab.optim.uoro import (batch_size_of, chars_transform, positive_int, scan_inputs,
+                                 step_with_loss, tree_zeros)
+from sofo_lab.system import initial_state
+
+
+class RtrlState(NamedTuple):
+    inner: optax.OptState
+    jacobian: jax.Array   # [S, P]: ∂(flattened state of all streams)/∂(flattened params)
+    grad_sum: Any         # params-shaped: Σ g since the last parameter update
+    steps: jax.Array      # int32
+
+
+def flat_step(system, params, state, x, target, w):
+    """The step on flat vectors: ``f(θ_flat, s_flat) -> (ℓ, s'_flat)`` and the unravellers."""
+    p_flat, unravel_p = ravel_pytree(params)
+    s_flat, unravel_s = ravel_pytree(state)
+    f = step_with_loss(system, x, target, w)
+
+    def f_flat(pf, sf):
+        loss, new_state = f(unravel_p(pf), unravel_s(sf))
+        return loss, ravel_pytree(new_state)[0]
+
+    return f_flat, p_flat, s_flat, unravel_s
+
+
+def rtrl_step(system, params, state, jacobian, x, target, w):
+    """One exact RTRL step: returns ``(loss, new_state, J_{t+1}, g_flat)``."""
+    f_flat, p_flat, s_flat, unravel_s = flat_step(system, params, state, x, target, w)
+    (loss, new_flat), pullback = jax.vjp(f_flat, p_flat, s_flat)
+    d_p, d_s = pullback((jnp.ones_like(loss), jnp.zeros_like(new_flat)))
+    grad = d_p + d_s @ jacobian
+    column = lambda j, e: jax.jvp(lambda pf, sf: f_flat(pf, sf)[1], (p_flat, s_flat), (e, j))[1]
+    eye = jnp.eye(p_flat.size, dtype=p_flat.dtype)
+    jacobian = jax.vmap(column, in_axes=(1, 0), out_axes=1)(jacobian, eye)
+    return loss, unravel_s(new_flat), jacobian, grad
+
+
+def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int,
+         update_every: int = 1) -> Optimizer:
+    """Exact RTRL with ``transform`` as the online parameter update."""
+
+    def init_fn(params):
+        S = ravel_pytree(system.init_state(params, batch_size))[0].size
+        P = ravel_pytree(params)[0].size
+        return RtrlState(transform.init(params), jnp.zeros((S, P)), tree_zeros(params),
+                         jnp.zeros((), jnp.int32))
+
+    def apply(params, inner, g_sum):
+        updates, inner = transform.update(g_sum, inner, params)
+        return optax.apply_updates(params, updates), inner, tree_zeros(g_sum)
+
+    def body(carry, xs):
+        params, inner, state, jac, g_sum, steps = carry
+        x, target, w, _ = xs
+        loss, state, jac, g_flat = rtrl_step(system, params, state, jac, x, target, w)
+        g_sum = jax.tree.map(jnp.add, g_sum, ravel_pytree(params)[1](g_flat))
+        steps = steps + 1
+        if update_every == 1:
+            params, inner, g_sum = apply(params, inner, g_sum)
+        else:
+            params, inner, g_sum = jax.lax.cond(steps % update_every == 0, apply, lambda *a: a,
+                                                params, inner, g_sum)
+        return (params, inner, state, jac, g_sum, steps), (loss, jnp.linalg.norm(g_flat))
+
+    def update_fn(params, opt_state, batch, key, carry):
+        B = batch.inputs.shape[1]
+        state = initial_state(system, params, carry, B)
+        jac = opt_state.jacobian if carry is not None else jnp.zeros_like(opt_state.jacobian)
+        init = (params, opt_state.inner, state, jac, opt_state.grad_sum, opt_state.steps)
+        (params, inner, state, jac, g_sum, steps), (losses, g_norms) = jax.lax.scan(
+            body, init, scan_inputs(batch, key))
+        metrics = {"loss": losses.sum(), "grad_norm": g_norms.mean()}
+        return params, RtrlState(inner, jac, g_sum, steps), state, metrics
+
+    return Optimizer(init_fn, update_fn)
+
+
+def from_config(cfg, system, *, episodic, iterations, n_steps):
+    del episodic
+    update_every = positive_int(cfg, "update_every", 1)
+    batch_size = batch_size_of(cfg)
+    limit = cfg.get("max_jacobian", 50_000_000)
+    params = jax.eval_shape(system.init_params, jax.random.PRNGKey(0))
+    state = jax.eval_shape(lambda p: system.init_state(p, batch_size), params)
+    S = sum(x.size for x in jax.tree.leaves(state))
+    P = sum(x.size for x in jax.tree.leaves(params))
+    if S * P > limit:
+        raise ConfigError("optim.name", "rtrl", f"the Jacobian ∂s/∂θ would hold {S}×{P} = {S * P:.3g} floats "
+                                                f"(> optim.max_jacobian={limit}); use a smaller model/batch or optim=uoro")
+    transform = chars_transform(cfg, iterations * max(1, n_steps // update_every), update_every)
+    return rtrl(system, transform, batch_size=batch_size, update_every=update_every)
