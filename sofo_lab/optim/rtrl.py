@@ -80,7 +80,7 @@ def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int,
 
     def body(carry, xs):
         params, inner, state, jac, g_sum, steps = carry
-        x, target, w, _ = xs
+        x, target, w = xs
         loss, state, jac, g_flat = rtrl_step(system, params, state, jac, x, target, w)
         g_sum = jax.tree.map(jnp.add, g_sum, ravel_pytree(params)[1](g_flat))
         steps = steps + 1
@@ -97,7 +97,7 @@ def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int,
         jac = opt_state.jacobian if carry is not None else jnp.zeros_like(opt_state.jacobian)
         init = (params, opt_state.inner, state, jac, opt_state.grad_sum, opt_state.steps)
         (params, inner, state, jac, g_sum, steps), (losses, g_norms) = jax.lax.scan(
-            body, init, scan_inputs(batch, key))
+            body, init, scan_inputs(batch))
         metrics = {"loss": losses.sum(), "grad_norm": g_norms.mean()}
         return params, RtrlState(inner, jac, g_sum, steps), state, metrics
 

@@ -98,9 +98,8 @@ def step_with_loss(system, x, target, w):
     return f
 
 
-def scan_inputs(batch, key):
-    T = batch.inputs.shape[0]
-    return (batch.xs, batch.targets, batch.weights, jax.random.split(key, T))
+def scan_inputs(batch):
+    return (batch.xs, batch.targets, batch.weights)
 
 
 # --- UORO -------------------------------------------------------------------------------------
@@ -128,13 +127,13 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
         return optax.apply_updates(params, updates), inner, tree_zeros(g_sum)
 
     def body(carry, xs):
-        params, inner, state, s_t, th_t, g_sum, steps = carry
-        x, target, w, key = xs
+        params, inner, state, s_t, th_t, g_sum, steps, key, loss_sum, g_norm_sum = carry
+        x, target, w = xs
         (loss, new_state), pullback = jax.vjp(step_with_loss(system, x, target, w), params, state)
         d_theta, d_s = pullback((jnp.ones_like(loss), tree_zeros(new_state)))
         g = jax.tree.map(lambda d, t: d + tree_vdot(d_s, s_t) * t, d_theta, th_t)       # g̃
         _, s_push = jax.jvp(lambda s: system.step(params, s, x)[0], (state,), (s_t,))   # (∂F/∂s) s̃
-        nu = rademacher_like(key, new_state)
+        nu = rademacher_like(jax.random.fold_in(key, steps), new_state)
         d_theta_g, _ = pullback((jnp.zeros_like(loss), nu))                                # νᵀ ∂F/∂θ
         rho0 = jnp.sqrt(tree_norm(th_t) / (tree_norm(s_push) + eps)) + eps
         rho1 = jnp.sqrt(tree_norm(d_theta_g) / (tree_norm(nu) + eps)) + eps
@@ -147,7 +146,9 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
         else:
             params, inner, g_sum = jax.lax.cond(steps % update_every == 0, apply, lambda *a: a,
                                                 params, inner, g_sum)
-        return (params, inner, new_state, s_t, th_t, g_sum, steps), (loss, tree_norm(g))
+        # Running sums, not stacked per-step outputs: memory stays constant in the horizon.
+        return (params, inner, new_state, s_t, th_t, g_sum, steps, key, loss_sum + loss,
+                g_norm_sum + tree_norm(g)), None
 
     def update_fn(params, opt_state, batch, key, carry):
         B = batch.inputs.shape[1]
@@ -155,10 +156,11 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
         s_t, th_t = opt_state.s_tilde, opt_state.theta_tilde
         if carry is None:   # episodic: every trial starts afresh, so does the estimate
             s_t, th_t = tree_zeros(s_t), tree_zeros(th_t)
-        init = (params, opt_state.inner, state, s_t, th_t, opt_state.grad_sum, opt_state.steps)
-        (params, inner, state, s_t, th_t, g_sum, steps), (losses, g_norms) = jax.lax.scan(
-            body, init, scan_inputs(batch, key))
-        metrics = {"loss": losses.sum(), "grad_norm": g_norms.mean(),
+        zero = jnp.zeros((), batch.targets.dtype)
+        init = (params, opt_state.inner, state, s_t, th_t, opt_state.grad_sum, opt_state.steps, key, zero, zero)
+        (params, inner, state, s_t, th_t, g_sum, steps, _, loss, g_norm_sum), _ = jax.lax.scan(
+            body, init, scan_inputs(batch))
+        metrics = {"loss": loss, "grad_norm": g_norm_sum / batch.inputs.shape[0],
                    "s_tilde_norm": tree_norm(s_t), "theta_tilde_norm": tree_norm(th_t)}
         return params, UoroState(inner, s_t, th_t, g_sum, steps), state, metrics
 
