@@ -11,7 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, run_cli
+from tests.conftest import TINY
+from tests.conftest import run_cli as _run_cli
+
+KALMAN = ["task=kalman", "optim=adam"]   # explicit, whatever the config defaults are
+
+
+def run_cli(args, cwd, env=None):
+    return _run_cli([*KALMAN, *args], cwd=cwd, env=env)
 
 SUMMARY_PROFILE_KEYS = {"n_params", "lower_s", "compile_s", "step_time_median_s", "step_time_p90_s",
                         "step_memory_bytes", "device_peak_bytes", "host_peak_rss_bytes", "flops"}
@@ -64,7 +71,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert out.returncode == 0, out.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *args, f"hydra.run.dir={killed}"],
+    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *KALMAN, *args, f"hydra.run.dir={killed}"],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / "checkpoints/last.pkl"
     deadline = time.time() + 120
@@ -136,7 +143,7 @@ def test_bad_input_exits_nonzero_with_one_line_and_no_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("args,expect", [(["--help"], "sofo"), (["--cfg", "job"], "task:"),
-                                         (["--info", "defaults"], "task/kalman")])
+                                         (["--info", "defaults"], "optim/adam")])
 def test_hydra_flags_behave_as_in_any_hydra_app(tmp_path, args, expect):
     out = run_cli(args, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -144,7 +151,7 @@ def test_hydra_flags_behave_as_in_any_hydra_app(tmp_path, args, expect):
 
 
 def test_two_runs_started_together_get_different_directories(tmp_path):
-    cmd = [sys.executable, "-m", "sofo_lab.cli", *TINY]
+    cmd = [sys.executable, "-m", "sofo_lab.cli", *KALMAN, *TINY]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]
