@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sofo_lab.system import ModelSystem, initial_state
@@ -55,18 +56,15 @@ def sample_tangents(key, params, n_tangents: int, orthonormalize: bool = False):
     diagonal fixed, so each column stays uniform on the sphere).
     """
     leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(key, len(leaves))
-    v = [jax.random.normal(k, (n_tangents,) + x.shape, x.dtype) for k, x in zip(keys, leaves)]
+    sizes = [x.size for x in leaves]
+    flat = jax.random.normal(key, (n_tangents, sum(sizes)), jnp.result_type(*leaves))   # [K, P]
     if orthonormalize:
-        flat = jnp.concatenate([x.reshape(n_tangents, -1) for x in v], axis=1)     # [K, P]
-        q, r = jnp.linalg.qr(flat.T)                                               # [P, K]
+        q, r = jnp.linalg.qr(flat.T)                                                   # [P, K]
         flat = (q * jnp.sign(jnp.diagonal(r))).T
-        sizes = [x[0].size for x in v]
-        parts = jnp.split(flat, list(jnp.cumsum(jnp.array(sizes))[:-1]), axis=1)
-        v = [p.reshape(x.shape) for p, x in zip(parts, v)]
     else:
-        norm = jnp.sqrt(sum(jnp.sum(jnp.square(x.reshape(n_tangents, -1)), axis=1) for x in v))
-        v = [x / norm.reshape((-1,) + (1,) * (x.ndim - 1)) for x in v]
+        flat = flat / jnp.linalg.norm(flat, axis=1, keepdims=True)
+    offsets = np.cumsum(sizes)[:-1].tolist()
+    v = [part.reshape((n_tangents,) + x.shape) for part, x in zip(jnp.split(flat, offsets, axis=1), leaves)]
     return jax.tree.unflatten(treedef, v)
 
 

@@ -1,0 +1,277 @@
+"""SOFO and FGD: exact against reverse mode and dense Jacobians, memory constant in T, sharding."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from conftest import TINY, compose_config
+from sofo_lab.assemble import build
+from sofo_lab.errors import ConfigError
+from sofo_lab.losses import MeanSquaredError, SoftmaxCrossEntropy
+from sofo_lab.models import GRU, LSTM, RateRNN
+from sofo_lab.optim import _forward
+from sofo_lab.optim.bptt import bptt
+from sofo_lab.optim.fgd import fgd
+from sofo_lab.optim.sofo import sofo
+from sofo_lab.system import Batch, ModelSystem, StepInput, initial_state, rollout
+
+I, O, N, T, B, K = 2, 3, 5, 6, 3, 7
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ToyPlantSystem:
+    """A network driving a damped point mass: state (net, pos [B,2], vel [B,2]); y = (pos, vel).
+
+    The network sees the task input and the plant's position; its readout (2 of O channels) is a
+    force. A stand-in for the arm: a closed loop trained through a differentiable plant.
+    """
+
+    def __init__(self, loss):
+        self.model = RateRNN(I + 2, 2, n_hidden=N, nonlinearity="tanh", learn_init_state=True)
+        self.loss, self.dt = loss, 0.1
+
+    def init_params(self, key):
+        return {**self.model.init_params(key), "gain": jnp.ones(2)}
+
+    def init_state(self, params, batch_size):
+        zeros = jnp.zeros((batch_size, 2), params["W_rec"].dtype)
+        return (self.model.init_state(params, batch_size), zeros + 0.1, zeros)
+
+    def step(self, params, state, x):
+        net, pos, vel = state
+        net, force = self.model.step(params, net, StepInput(jnp.concatenate([x.u, pos], axis=1), x.noise))
+        vel = vel + self.dt * (params["gain"] * jnp.tanh(force) - 0.5 * vel)
+        pos = pos + self.dt * vel
+        return (net, pos, vel), jnp.concatenate([pos, vel[:, :1]], axis=1)
+
+    def sample_noise(self, key, n_steps, batch_size):
+        return None
+
+
+def make_system(name, loss=MeanSquaredError()):
+    if name == "plant":
+        return ToyPlantSystem(loss)
+    if name.startswith("rnn"):
+        model = RateRNN(I, O, n_hidden=N, nonlinearity="softplus", noise_amplitude=0.4, learn_init_state=True)
+    else:
+        model = {"gru": GRU, "lstm": LSTM}[name](I, O, n_hidden=N, learn_init_state=True)
+    return ModelSystem(model, loss)
+
+
+def f64(tree):
+    return jax.tree.map(lambda x: x.astype(jnp.float64) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def make_problem(system, seed=0, xent=False, weights_per_output=False):
+    k = jax.random.split(jax.random.PRNGKey(seed), 6)
+    params = system.init_params(k[0])
+    params = {n: (v + 0.2 if n in ("z0", "h0", "c0") else v) for n, v in params.items()}
+    targets = jax.random.normal(k[2], (T, B, O))
+    if xent:
+        targets = jax.nn.one_hot(jax.random.randint(k[2], (T, B), 0, O), O)
+    shape = (T, B, O) if weights_per_output else (T, B)
+    batch = Batch(jax.random.normal(k[1], (T, B, I)), targets, jax.random.uniform(k[3], shape),
+                  noise=system.sample_noise(k[4], T, B))
+    return f64(params), f64(batch)
+
+
+def loss_and_final(system, params, batch, carry=None):
+    final, ys, losses = rollout(system, params, initial_state(system, params, carry, B), batch)
+    return losses.sum(), (final, ys)
+
+
+def flat(tree):
+    return jax.flatten_util.ravel_pytree(tree)[0]
+
+
+@pytest.mark.parametrize("name", ["rnn", "rnn-generic", "gru", "lstm", "plant", "rnn-stream"])
+def test_projected_gradient_equals_reverse_mode(name):
+    """C = Vᵀ∇L (and the loss, and the final state) for every model, a plant, and a stream."""
+    with jax.enable_x64(True):
+        system = make_system(name)
+        params, batch = make_problem(system)
+        carry = None
+        if name.endswith("stream"):
+            carry = f64(jax.tree.map(lambda s: s + 0.3, system.init_state(params, B)))
+        tangents = _forward.sample_tangents(jax.random.PRNGKey(7), params, K)
+        stepper = _forward.stepper_for(system, fast=not name.endswith("generic"))
+        expected_type = _forward.RateRNNStepper if name in ("rnn", "rnn-stream") else _forward.GenericStepper
+        assert type(stepper) is expected_type
+        sketch = jax.jit(lambda p, v, b, c: _forward.forward_sketch(system, p, v, b, c, stepper=stepper))(
+            params, tangents, batch, carry)
+        (loss, (final, _)), grad = jax.jit(jax.value_and_grad(
+            lambda p, b, c: loss_and_final(system, p, b, c), has_aux=True))(params, batch, carry)
+        np.testing.assert_allclose(sketch.c, _forward.flat_tangents(tangents) @ flat(grad), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(sketch.loss, loss, rtol=1e-12)
+        for a, b in zip(jax.tree.leaves(sketch.final_state), jax.tree.leaves(final)):
+            np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+        assert sketch.c.dtype == jnp.float64 and sketch.ggn.dtype == jnp.float64
+
+
+def dense_ggn(system, params, batch):
+    """Σ_t J_tᵀ H_t J_t from the dense Jacobian of every output and jax.hessian of each step's loss."""
+    vec, unravel = jax.flatten_util.ravel_pytree(params)
+
+    def outputs(v):
+        p = unravel(v)
+        return rollout(system, p, system.init_state(p, B), batch)[1]
+
+    ys = outputs(vec)
+    jac = jax.jacfwd(outputs)(vec)                                           # [T, B, O, P]
+    hess = jax.vmap(jax.hessian(system.loss.value))(ys, batch.targets, batch.weights)   # [T, B, O, B, O]
+    return jnp.einsum("tbop,tbocq,tcqr->pr", jac, hess, jac), vec
+
+
+@pytest.mark.parametrize("loss,name", [("mse", "rnn"), ("xent", "gru")])
+def test_ggn_sketch_equals_dense_jacobian(loss, name):
+    with jax.enable_x64(True):
+        system = make_system(name, MeanSquaredError() if loss == "mse" else SoftmaxCrossEntropy())
+        params, batch = make_problem(system, seed=1, xent=loss == "xent", weights_per_output=loss == "mse")
+        tangents = _forward.sample_tangents(jax.random.PRNGKey(3), params, K)
+        sketch = jax.jit(lambda p, v, b: _forward.forward_sketch(system, p, v, b, None))(params, tangents, batch)
+        ggn, _ = jax.jit(lambda p, b: dense_ggn(system, p, b))(params, batch)
+        vf = _forward.flat_tangents(tangents)
+        np.testing.assert_allclose(sketch.ggn, vf @ ggn @ vf.T, rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(sketch.ggn, sketch.ggn.T)
+
+
+def test_full_orthonormal_basis_gives_the_exact_damped_gauss_newton_step():
+    with jax.enable_x64(True):
+        system = ModelSystem(RateRNN(1, 1, n_hidden=3, nonlinearity="tanh"), MeanSquaredError())
+        params = f64(system.init_params(jax.random.PRNGKey(0)))
+        batch = f64(Batch(jax.random.normal(jax.random.PRNGKey(1), (T, B, 1)),
+                          jax.random.normal(jax.random.PRNGKey(2), (T, B, 1)), jnp.full((T, B), 1.0 / T)))
+        P = _forward.n_params(system)
+        lr, damping = 0.7, 1e-3
+        opt = sofo(system, optax.sgd(lr), n_tangents=P, damping=damping, orthonormalize=True)
+        new, _, _, metrics = jax.jit(opt.update, static_argnums=4)(params, opt.init(params), batch,
+                                                                   jax.random.PRNGKey(5), None)
+        ggn, vec = jax.jit(lambda p, b: dense_ggn(system, p, b))(params, batch)
+        grad = flat(jax.jit(jax.grad(lambda p: loss_and_final(system, p, batch)[0]))(params))
+        s_max = jnp.linalg.eigvalsh(ggn).max()
+        expected = vec - lr * jnp.linalg.solve(ggn + damping * s_max * jnp.eye(P), grad)
+        np.testing.assert_allclose(flat(new), expected, rtol=1e-8, atol=1e-10)
+        np.testing.assert_allclose(metrics["sofo/top_eigenvalue"], s_max, rtol=1e-5)
+
+
+def test_fgd_is_unbiased(orthonormalize=False):
+    """The mean of FGD's step over many tangent keys approaches −lr·∇L; without P/K it would not."""
+    with jax.enable_x64(True):
+        system = make_system("rnn")
+        params, batch = make_problem(system, seed=2)
+        opt = fgd(system, optax.sgd(1.0), n_tangents=2, orthonormalize=orthonormalize)
+        state = opt.init(params)
+        keys = jax.random.split(jax.random.PRNGKey(11), 20000)
+        steps = jax.jit(jax.vmap(lambda k: flat(opt.update(params, state, batch, k, None)[0]) - flat(params)))(keys)
+        grad = flat(jax.jit(jax.grad(lambda p: loss_and_final(system, p, batch)[0]))(params))
+        error = jnp.linalg.norm(-steps.mean(0) - grad) / jnp.linalg.norm(grad)
+        # Standard error of the mean ≈ sqrt((P/K)/n) ≈ 0.04 here; dropping P/K would give ≈ 0.97.
+        assert error < 0.15, error
+
+
+def _update_memory(optimizer, params, horizon, batch_size=16):
+    batch = Batch(*(jax.ShapeDtypeStruct(s, jnp.float32) for s in
+                    ((horizon, batch_size, 1), (horizon, batch_size, 1), (horizon, batch_size))))
+    key = jax.ShapeDtypeStruct((2,), jnp.uint32)
+    compiled = jax.jit(lambda p, s, b, k: optimizer.update(p, s, b, k, None)).lower(
+        params, optimizer.init(params), batch, key).compile()
+    return compiled.memory_analysis()
+
+
+def test_update_memory_is_constant_in_the_horizon_while_bptt_grows():
+    """memory_analysis() on CPU, nothing executed: working memory (temp) at T=10,000 vs T=100."""
+    system = ModelSystem(RateRNN(1, 1, n_hidden=32), MeanSquaredError())
+    params = jax.eval_shape(system.init_params, jax.random.PRNGKey(0))
+    sofo_opt = sofo(system, optax.sgd(0.1), n_tangents=16)
+    adam_opt = bptt(system, optax.adam(1e-3))
+    s_short, s_long = (_update_memory(sofo_opt, params, t) for t in (100, 10_000))
+    a_short, a_long = (_update_memory(adam_opt, params, t) for t in (100, 10_000))
+    assert s_long.temp_size_in_bytes <= 1.03 * s_short.temp_size_in_bytes
+    assert s_long.output_size_in_bytes == s_short.output_size_in_bytes
+    assert a_long.temp_size_in_bytes >= 50 * a_short.temp_size_in_bytes
+
+
+BAD = [("optim.n_tangents=0", "optim.n_tangents"), ("optim.n_tangents=2.5", "optim.n_tangents"),
+       ("optim.lr=0", "optim.lr"), ("optim.shard=sometimes", "optim.shard"),
+       ("optim.orthonormalize=maybe", "optim.orthonormalize")]
+
+
+@pytest.mark.parametrize("optim,override,key", [("sofo", *b) for b in BAD] + [("fgd", *b) for b in BAD]
+                         + [("sofo", "optim.damping=-1", "optim.damping")])
+def test_bad_values_raise_config_error(optim, override, key):
+    with pytest.raises(ConfigError) as err:
+        build(compose_config([f"optim={optim}", override, *TINY]))
+    assert err.value.key == key
+
+
+def test_orthonormal_basis_needs_at_most_p_tangents():
+    cfg = [*TINY, "optim=sofo", "optim.orthonormalize=true"]
+    build(compose_config([*cfg, "optim.n_tangents=8"]))
+    with pytest.raises(ConfigError, match="parameters"):
+        build(compose_config([*cfg, "optim.n_tangents=100000"]))
+
+
+def test_sofo_run_learns_logs_curvature_and_step_memory_grows_only_by_the_sampled_batch(tmp_path):
+    from sofo_lab import profiling
+    from sofo_lab.runner import init_train_state, make_train_step, train
+
+    run = ["optim=sofo", *TINY, "iterations=6", "eval_every=6", "batch_size=16", "model.n_hidden=32",
+           "optim.lr=0.5", "optim.n_tangents=16"]
+    summary = train(compose_config([*run, "task.n_steps=100"]), tmp_path)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    for key in ("loss", "sofo/top_eigenvalue", "sofo/condition_number", "update_norm"):
+        assert all(np.isfinite(r[f"train/{key}"]) for r in rows), key
+    assert summary["status"] == "completed"
+    # From a network that outputs ≈ 0 (MSE ≈ E[x²] ≈ 4) to well below copying the observation.
+    assert summary["final"]["eval/mse"] < 0.5 * summary["final"]["eval/copy_mse"], summary["final"]
+
+    # The runner samples the Kalman batch inside its jitted step, so that batch is a temp of the
+    # step: it must be the only growth from T=100 to T=10,000 (BPTT adds >= N floats per (t, b)).
+    setup = build(compose_config([*run, "task.n_steps=10000"]))
+    long = profiling.step_memory_bytes(make_train_step(setup, 0, 16), init_train_state(setup, 0, 16))
+    per_sample = (long - summary["profile"]["step_memory_bytes"]) / (9_900 * 16)
+    assert per_sample <= 4 * 4, (long, summary["profile"]["step_memory_bytes"])
+
+
+SHARDED = textwrap.dedent("""
+    import jax, jax.numpy as jnp, numpy as np, optax
+    from sofo_lab.losses import MeanSquaredError
+    from sofo_lab.models import RateRNN
+    from sofo_lab.optim import _forward
+    from sofo_lab.optim.sofo import sofo
+    from sofo_lab.system import Batch, ModelSystem
+    assert jax.device_count() == 2, jax.devices()
+    for model in (RateRNN(2, 2, n_hidden=8),):
+        system = ModelSystem(model, MeanSquaredError())
+        params = system.init_params(jax.random.PRNGKey(0))
+        k = jax.random.split(jax.random.PRNGKey(1), 2)
+        batch = Batch(jax.random.normal(k[0], (20, 4, 2)), jax.random.normal(k[1], (20, 4, 2)), jnp.ones((20, 4)))
+        out = {}
+        for shard in (False, True):
+            opt = sofo(system, optax.sgd(0.5), n_tangents=8, sharding=_forward.lane_sharding(shard, 8))
+            step = jax.jit(lambda p, s: opt.update(p, s, batch, jax.random.PRNGKey(2), None))
+            hlo = step.lower(params, opt.init(params)).compile().as_text()
+            assert ("num_partitions=2" in hlo) == shard, shard
+            out[shard] = step(params, opt.init(params))
+        for a, b in zip(jax.tree.leaves(out[False][0]), jax.tree.leaves(out[True][0])):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6)
+        np.testing.assert_allclose(out[False][3]["loss"], out[True][3]["loss"], rtol=1e-5)
+    print("ok")
+""")
+
+
+def test_lanes_shard_across_two_host_devices_with_the_same_result():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    result = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
