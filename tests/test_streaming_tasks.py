@@ -1,0 +1,133 @@
+"""The streaming regime: generators produce exactly their grammars, windows join into one
+stream, online scores, reference entropy rates, every optimizer on a stream, resume."""
+import json
+import math
+import pickle
+
+import jax
+import numpy as np
+import pytest
+
+from sofo_lab import checkpoint
+from sofo_lab.runner import train
+from tasks import anbn, brackets
+from tasks.anbn import AnBn
+from tasks.brackets import Brackets
+from tasks.streams import init_score, update_score
+from tests.conftest import compose_config
+
+
+def stream_text(task, n, batch_size=3, key=0):
+    gen = task.init_gen(jax.random.PRNGKey(key), batch_size)
+    _, symbols = jax.jit(lambda g, k: task.symbols(g, k, n))(gen, jax.random.PRNGKey(key + 1))
+    return [task.decode(np.asarray(symbols[:, b])) for b in range(batch_size)]
+
+
+def whole_lines(text, even=False):
+    lines = text[: text.rindex("\n") + 1].split("\n")[:-1]
+    if even and len(lines) % 2:
+        lines = lines[:-1]
+    return "\n".join(lines) + "\n"
+
+
+def test_anbn_generator_is_the_grammar_with_uniform_n():
+    task = AnBn(n_min=1, n_max=8)
+    sizes = []
+    for text in stream_text(task, 3000):
+        sizes += anbn.parse(whole_lines(text, even=True))
+    assert set(sizes) == set(range(1, 9))                       # every n in range, none outside
+    assert abs(np.mean(sizes) - 4.5) < 0.4
+    with pytest.raises(ValueError):
+        anbn.parse("aa\nbbb\n")
+
+
+@pytest.mark.parametrize("S,lo,hi,K", [(1, 5, 5, 10), (3, 2, 7, 10), (10, 0, 0, 8)])
+def test_brackets_generator_is_the_grammar(S, lo, hi, K):
+    task = Brackets(n_saved=S, gap_min=lo, gap_max=hi, n_symbols=K)
+    assert task.vocabulary == tuple(sorted(task.vocabulary)) and len(task.vocabulary) == K + 3
+    total = 0
+    for text in stream_text(task, 1500):
+        total += brackets.parse(whole_lines(text), S, lo, hi, K)
+    assert total > 3 * 1500 / (2 * S + hi + 5) * 0.9
+    with pytest.raises(ValueError):
+        brackets.parse("[!]#####[\"]\n", 1, 5, 5, 10)
+
+
+def test_windows_join_into_one_stream():
+    task = AnBn(n_steps=7)
+    data = task.init_data(jax.random.PRNGKey(0), 2)
+    inputs, targets = [], []
+    next_batch = jax.jit(task.next_batch, static_argnums=2)
+    for i in range(40):
+        data, batch = next_batch(data, jax.random.PRNGKey(i + 1), 2)
+        inputs.append(np.argmax(batch.inputs, -1))
+        targets.append(np.argmax(batch.targets, -1))
+        np.testing.assert_allclose(np.asarray(batch.weights).sum(0), 1.0, rtol=1e-6)   # loss = mean nats/char
+    inputs, targets = np.concatenate(inputs), np.concatenate(targets)
+    np.testing.assert_array_equal(inputs[1:], targets[:-1])     # input = previous target, across windows
+    for b in range(2):
+        anbn.parse(whole_lines(task.decode(targets[:, b]), even=True))
+
+
+def test_reference_rates():
+    r = AnBn().reference_rates
+    assert r["optimal"] == pytest.approx(5 / 35) and r["forget_n"] == pytest.approx(10 / 35)
+    assert r["no_counting"] == pytest.approx(0.311, abs=5e-4)
+    r = Brackets().reference_rates
+    assert r["optimal"] == pytest.approx(1.661, abs=5e-4) and r["no_memory"] == pytest.approx(1.938, abs=5e-4)
+    r = Brackets(n_saved=3, gap_min=2, gap_max=7).reference_rates
+    assert r["optimal"] == pytest.approx(1.774, abs=5e-4) and r["no_memory"] == pytest.approx(2.417, abs=5e-4)
+
+
+def test_online_scores_are_the_cumulative_mean_and_the_authors_moving_average():
+    window_bits, T = [2.0, 1.0, 0.5, 0.25, 3.0], 4
+    score, recent = init_score(), None
+    for i, bits in enumerate(window_bits):
+        score = update_score(score, bits, T)
+        t = (i + 1) * T
+        recent = bits if recent is None else recent * (1 - 1 / math.sqrt(t)) + bits / math.sqrt(t)
+    assert int(score.chars) == 20
+    assert float(score.cumulative) == pytest.approx(np.mean(window_bits), rel=1e-6)
+    assert float(score.recent) == pytest.approx(recent, rel=1e-6)
+
+
+TINY_STREAM = ["batch_size=2", "task.n_steps=8", "model=gru", "model.n_hidden=8", "logger=none",
+               "progress=false", "plots=false", "log_every=1", "checkpoint_every=2"]
+
+
+@pytest.mark.parametrize("optim", ["tbptt", "adam", "sofo"])
+def test_every_optimizer_runs_on_a_stream(tmp_path, optim):
+    extra = {"sofo": ["optim.n_tangents=8"], "tbptt": ["optim.truncation=4"]}.get(optim, [])
+    summary = train(compose_config(["task=anbn", f"optim={optim}", "iterations=2", *TINY_STREAM, *extra]), tmp_path)
+    final = summary["final"]
+    assert summary["status"] == "completed"
+    assert 0 < final["train/bits_per_char"] < 3 and final["train/bits_per_char_optimal"] == pytest.approx(5 / 35)
+    assert final["train/characters"] == 16
+    assert "train/bits_per_char_recent" in final
+
+
+def test_resumed_stream_continues_the_same_stream_and_estimator(tmp_path):
+    """A run resumed from a mid-run checkpoint ends bit-identical to an uninterrupted one:
+    params, UORO's s̃/θ̃, the generators' state, the carried network state and the scores."""
+    args = ["task=brackets", "optim=uoro", *TINY_STREAM]
+    full = compose_config([*args, "iterations=6"])
+    train(full, tmp_path / "full")
+    train(compose_config([*args, "iterations=3"]), tmp_path / "half")
+    with open(tmp_path / "half" / checkpoint.CHECKPOINT, "rb") as f:
+        state = pickle.load(f)["state"]
+    assert int(state.iteration) == 3
+    from omegaconf import OmegaConf
+    checkpoint.save(tmp_path / "resumed", state, OmegaConf.to_container(full, resolve=True))
+    resumed = train(full, tmp_path / "resumed")
+    assert resumed["resumed_from"] == 3
+    ref = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert resumed["final"] == ref["final"]
+    with open(tmp_path / "full" / checkpoint.CHECKPOINT, "rb") as f:
+        a = pickle.load(f)["state"]
+    with open(tmp_path / "resumed" / checkpoint.CHECKPOINT, "rb") as f:
+        b = pickle.load(f)["state"]
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(x, y)
+    assert np.any(np.asarray(a.opt_state.theta_tilde["W_h"]) != 0)   # the estimator state was carried
