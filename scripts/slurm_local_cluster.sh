@@ -60,7 +60,7 @@ SelectTypeParameters=CR_CPU_Memory
 ReturnToService=2
 JobRequeue=1
 # seconds between SIGTERM and SIGKILL when a job is stopped (requeue, scancel, time limit)
-KillWait=10
+KillWait=5
 # time limits checked every few seconds, so short limits in tests are honoured promptly
 OverTimeLimit=0
 InactiveLimit=0

@@ -7,11 +7,14 @@ itself (it may interrupt the loop half-way through a step), so ``StopSignals`` o
 signal; the runner polls ``requested`` once per iteration, saves a checkpoint of the state it has
 just finished, and calls ``release()``, which hands the signal to whoever handled it before:
 
-- submitit's handler (SLURM launcher): ``USR2`` requeues the job and exits; ``SIGTERM`` is ignored
-  by submitit, so training goes on until the kill and the requeued job resumes from the new
-  checkpoint;
+- submitit's handler (SLURM launcher): ``USR2`` requeues the job and exits;
 - nobody (plain ``sbatch`` or a shell): ``USR1``/``USR2`` inside a SLURM job requeue it with
   ``scontrol requeue $SLURM_JOB_ID``; then the process exits with status 128 + signal number.
+
+``SIGTERM`` means the job is ending (preemption, requeue, cancel). Outside SLURM the run exits
+(status 143) after the checkpoint. Inside a SLURM job it stops training and waits (at most a
+minute) for what SLURM does next: the ``SIGKILL`` of a requeue/cancel, or the ``USR2`` with which
+submitit requeues a preempted job; training on would only compute steps that the kill throws away.
 
 A requeued run starts the same command in the same run directory and resumes from
 ``checkpoints/last.pkl``; the batch and tangent keys depend only on (seed, iteration), so it ends
@@ -24,6 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2")) if s)
 
@@ -63,10 +67,20 @@ class StopSignals:
         print(f"Caught {name}: checkpoint written", file=sys.stderr, flush=True)
         self.uninstall()
         handler = previous.get(signum, signal.SIG_DFL)
+        if signum == signal.SIGTERM and handler != signal.SIG_IGN:
+            if callable(handler):
+                handler(signum, None)      # submitit: logs "bypassing"
+            if os.environ.get("SLURM_JOB_ID"):
+                for sig, h in previous.items():   # submitit's USR2 handler may still requeue us
+                    signal.signal(sig, h if h is not None else signal.SIG_DFL)
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    time.sleep(0.5)
+            sys.exit(128 + signum)
         if callable(handler):
-            handler(signum, None)          # e.g. submitit: requeue and exit (USR2) or ignore (TERM)
+            handler(signum, None)          # e.g. submitit: requeue and exit (USR2)
         elif handler != signal.SIG_IGN:
-            if signum != signal.SIGTERM and os.environ.get("SLURM_JOB_ID"):
+            if os.environ.get("SLURM_JOB_ID"):
                 job = os.environ.get("SLURM_ARRAY_JOB_ID") and \
                     f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
                 job = job or os.environ["SLURM_JOB_ID"]
