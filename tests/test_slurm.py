@@ -65,11 +65,19 @@ def _compilation_cache(tmp_path_factory):
         yield
 
 
-def _wait(cond, proc, what, timeout=180):
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return not Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+
+
+def _wait(cond, pid, log, what, timeout=180):
     end = time.time() + timeout
     while not cond():
-        if proc.poll() is not None:
-            raise AssertionError(f"sofo-run ended while waiting for {what}:\n{proc.stdout.read()[-3000:]}")
+        if not _alive(pid):
+            raise AssertionError(f"the launcher ended while waiting for {what}:\n{log.read_text()[-3000:]}")
         assert time.time() < end, f"timed out waiting for {what}"
         time.sleep(0.25)
 
@@ -87,13 +95,15 @@ def _params(run_dir: Path):
 
 def test_slurm_sweep_requeued_runs_resume_and_match(tmp_path, slurm_cluster, _compilation_cache):
     sweep = tmp_path / "sweep"
-    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", "-m", *SLURM, *LONG, "seed=0,1",
-                             f"hydra.sweep.dir={sweep}"], cwd=tmp_path, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    submit = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "submit.sh"), "--sweep-dir", str(sweep),
+                             *SLURM[1:], *LONG, "seed=0,1"], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=120)
+    assert submit.returncode == 0 and f"sweep: {sweep}" in submit.stdout, submit.stdout + submit.stderr
+    pid, log = int((sweep / "launcher.pid").read_text()), sweep / "launcher.log"
     jobs: list[str] = []
     try:
         logs = [sweep / j / "metrics.jsonl" for j in "01"]
-        _wait(lambda: all(p.is_file() and p.stat().st_size > 0 for p in logs), proc, "both runs to train")
+        _wait(lambda: all(p.is_file() and p.stat().st_size > 0 for p in logs), pid, log, "both runs to train")
         jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
         assert len(jobs) == 2, jobs
         # job 0: the signal SLURM sends signal_delay_s before the time limit; job 1: a requeue
@@ -108,14 +118,23 @@ def test_slurm_sweep_requeued_runs_resume_and_match(tmp_path, slurm_cluster, _co
                     released.add(job)
             return released == set(jobs)
 
-        _wait(requeued, proc, "both jobs to be requeued", timeout=120)
-        out, _ = proc.communicate(timeout=300)
+        _wait(requeued, pid, log, "both jobs to be requeued", timeout=120)
+        follow = subprocess.run([sys.executable, str(ROOT / "scripts" / "slurm" / "follow.py"), str(sweep),
+                                 "--interval", "1"], capture_output=True, text=True, timeout=300)
+        assert follow.returncode == 0 and all(j in follow.stdout for j in jobs), follow.stdout + follow.stderr
+        _wait(lambda: not _alive(pid) or (sweep / "sweep_summary.json").is_file() and
+              json.loads((sweep / "sweep_summary.json").read_text())["counts"] == {"completed": 2},
+              pid, log, "the launcher to finish", timeout=120)
+        end = time.time() + 60
+        while _alive(pid) and time.time() < end:
+            time.sleep(0.25)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if _alive(pid):
+            os.kill(pid, 9)
             subprocess.run(["scancel", *jobs], check=False)
-    assert proc.returncode == 0, out[-3000:]
-    assert "Sweep summary: 2 runs (2 completed)" in out
+    out = log.read_text()
+    assert "Sweep summary: 2 runs (2 completed)" in out, out[-3000:]
+    assert "Sweep summary: 2 runs (2 completed)" in follow.stdout, follow.stdout
 
     script = next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
     assert "#SBATCH --signal=USR2@" in script and "#SBATCH --mem=1GB" in script and "--array=0-1" in script
@@ -130,6 +149,10 @@ def test_slurm_sweep_requeued_runs_resume_and_match(tmp_path, slurm_cluster, _co
         assert 0 < summary["resumed_from"] < 6000 and summary["resumed_from"] % 1000 != 0, summary
         iters = [json.loads(x)["iteration"] for x in (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
         assert iters == list(range(50, 6001, 50))
+
+    collect = subprocess.run([sys.executable, str(ROOT / "scripts" / "slurm" / "collect.py"), str(sweep)],
+                             capture_output=True, text=True, timeout=60)
+    assert collect.returncode == 0 and "2 runs (2 completed)" in collect.stdout, collect.stdout + collect.stderr
 
     reference = tmp_path / "reference"
     r = run_cli(["-m", *LONG, "seed=0,1", f"hydra.sweep.dir={reference}"], cwd=tmp_path)

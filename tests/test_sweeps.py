@@ -91,8 +91,8 @@ def test_collect_reports_failed_and_missing_runs(tmp_path):
 
 
 def _start(args, cwd, env=None):
-    return subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *args], cwd=cwd,
-                            env={**os.environ, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    env = {k: v for k, v in {**os.environ, **(env or {})}.items() if not k.startswith("SLURM_")}  # not a job
+    return subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 
