@@ -1,0 +1,234 @@
+"""The motor tasks: trial structure, reachable targets, metrics, every optimizer through the arm,
+SOFO's sketch through the closed loop against reverse mode, and the benchmark's quick mode."""
+import importlib.util
+import itertools
+import json
+import math
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sofo_lab.assemble import build
+from sofo_lab.errors import ConfigError
+from sofo_lab.optim import OPTIMIZERS
+from sofo_lab.runner import init_train_state, make_train_step
+from sofo_lab.system import rollout
+from tasks.double_reach import DoubleReach
+from tasks.reach import Reach
+from tests.conftest import compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+REQUIRED_OPTIMIZERS = ("adam", "sofo", "uoro", "tbptt")
+
+
+def _phase_checks(task, batch):
+    """Every step of every trial is in exactly the phase the spec gives it."""
+    lat = jax.tree.map(np.asarray, batch.extras)
+    w, tgt, u = np.asarray(batch.weights), np.asarray(batch.targets), np.asarray(batch.inputs)
+    T, scale, start = task.n_steps, 10.0 / task.n_steps, np.asarray(task.start)
+    t = np.arange(T)
+    for b in range(u.shape[1]):
+        go = lat.go[b]
+        assert 0 <= lat.shown[b] < go[0] and 1 <= go[0] and go[-1] + task.free_steps < T   # cues inside the trial
+        move = np.sum(t[:, None] >= go[None], axis=1) - 1             # movement under way (-1: before go 1)
+        in_window = (move >= 0) & (t >= lat.window_end[b, np.maximum(move, 0)])
+        weight = np.where(move < 0, 1.0, np.where(in_window, 4.0, 0.0)) * scale
+        np.testing.assert_allclose(w[:, b], np.stack([weight] * 4 + [0 * weight] * 2, 1), rtol=1e-6)
+        expected = np.where((move < 0)[:, None], start, lat.targets[b, np.maximum(move, 0)])
+        scored = weight > 0
+        np.testing.assert_allclose(tgt[scored, b, :2], expected[scored], rtol=1e-6)
+        np.testing.assert_array_equal(tgt[:, b, 2:], 0.0)
+        # Hold channel(s): 1 before their go cue; targets visible only during the delay.
+        np.testing.assert_array_equal(u[:, b, :task.n_moves], (t[:, None] < go[None]).astype(float))
+        visible = (lat.shown[b] <= t) & (t < go[0])
+        shown = (lat.targets[b] - start).reshape(-1) / task.radius[1]
+        np.testing.assert_allclose(u[:, b, task.n_moves:], visible[:, None] * shown[None], rtol=1e-5, atol=1e-7)
+        assert visible.sum() > 0 and np.all(weight[go[0]:go[0] + task.free_steps] == 0)
+
+
+@pytest.mark.parametrize("cls", [Reach, DoubleReach])
+def test_shapes_channels_and_phases(cls):
+    task = cls(n_steps=120, dt=0.02, tau=0.04)
+    batch = jax.jit(task.sample, static_argnums=1)(jax.random.PRNGKey(0), 6)
+    T, B = 120, 6
+    assert batch.inputs.shape == (T, B, task.n_inputs) and task.n_inputs == 1 + 3 * (task.n_moves - 1) + 2
+    assert batch.targets.shape == batch.weights.shape == (T, B, 6)
+    assert task.model_n_inputs == task.n_inputs + 4 and task.model_n_outputs == 2
+    assert batch.noise is None                                   # the system adds it (runner)
+    _phase_checks(task, batch)
+
+
+def test_double_reach_go_cues_are_gap_apart_and_scored_separately():
+    task = DoubleReach()
+    lat = jax.jit(task.latents, static_argnums=1)(jax.random.PRNGKey(1), 64)
+    np.testing.assert_array_equal(lat.go[:, 1] - lat.go[:, 0], 70)           # 0.7 s at 10 ms
+    assert int(lat.go[:, 0].min()) >= 20 and int(lat.go[:, 0].max()) <= 60   # delay U[0.2, 0.6] s
+
+
+@pytest.mark.parametrize("l2", [0.30, 0.33])
+def test_targets_are_reachable_and_the_authors_sampling_is_not(l2):
+    task = Reach(l2=l2)
+    targets = np.asarray(jax.jit(task.sample_targets, static_argnums=1)(jax.random.PRNGKey(2), (20000,)))
+    start = np.asarray(task.start)
+    from_shoulder = np.linalg.norm(targets, axis=1)
+    from_start = np.linalg.norm(targets - start, axis=1)
+    assert from_shoulder.max() <= task.reach * (1 + 1e-6) and task.reach < task.arm.l1 + l2
+    assert from_shoulder.min() > abs(task.arm.l1 - l2) + 0.05                 # away from the inner edge
+    assert from_start.min() >= 0.2 - 1e-6 and from_start.max() <= 0.5 + 1e-6
+    angle = np.degrees(np.arctan2(*(targets - start).T[::-1]))
+    angle = np.where(angle < -90, angle + 360, angle)
+    assert angle.min() >= -36 - 1e-3 and angle.max() <= 216 + 1e-3
+    # The authors' sampling (radius U[0.2, 0.5] in every direction) leaves the workspace often.
+    rng = np.random.default_rng(0)
+    phi, r = np.radians(rng.uniform(-36, 216, 20000)), rng.uniform(0.2, 0.5, 20000)
+    theirs = np.linalg.norm(start + r[:, None] * np.stack([np.cos(phi), np.sin(phi)], 1), axis=1)
+    assert 0.08 < np.mean(theirs > task.arm.l1 + l2) < 0.2
+
+
+def test_metrics_score_a_perfect_and_an_early_moving_trajectory():
+    task = Reach()
+    batch = jax.jit(task.sample, static_argnums=1)(jax.random.PRNGKey(3), 16)
+    evaluate = jax.jit(task.evaluate)
+    perfect = batch.targets                                         # at the start, then at the target
+    m = jax.tree.map(float, evaluate(batch, perfect))
+    assert m["endpoint_error_cm"] < 1e-4 and m["hold_error_cm"] < 1e-4 and m["within_1cm"] == 1.0
+    assert m["moved_early"] == 0.0
+    shifted = perfect.at[..., 0].add(0.03)                          # 3 cm off everywhere
+    m = jax.tree.map(float, evaluate(batch, shifted))
+    assert m["endpoint_error_cm"] == pytest.approx(3.0, rel=1e-3) and m["hold_error_cm"] == pytest.approx(3.0, rel=1e-3)
+    assert m["moved_early"] == 1.0 and m["within_1cm"] == 0.0
+
+
+def test_noise_enters_only_through_the_batch():
+    cfg = compose_config(["task=reach", "model=rnn", "optim=adam", "task.n_steps=30", "model.n_hidden=8",
+                          "logger=none"])
+    setup = build(cfg)
+    assert setup.model.noise_amplitude == pytest.approx(0.28)
+    system, task = setup.system, setup.task
+    params = system.init_params(jax.random.PRNGKey(0))
+    sample = jax.jit(task.sample, static_argnums=1)
+    batch = sample(jax.random.PRNGKey(1), 4)
+    np.testing.assert_array_equal(batch.inputs, sample(jax.random.PRNGKey(1), 4).inputs)
+    noisy = batch._replace(noise=system.sample_noise(jax.random.PRNGKey(2), 30, 4))
+    run = jax.jit(lambda b: rollout(system, params, system.init_state(params, 4), b)[1])
+    np.testing.assert_array_equal(run(noisy), run(noisy))          # deterministic given the batch
+    assert not np.allclose(run(noisy), run(batch))                 # and the noise does act
+    other = noisy._replace(noise=system.sample_noise(jax.random.PRNGKey(3), 30, 4))
+    assert not np.allclose(run(noisy), run(other))
+
+
+def test_bad_timing_and_targets_raise_config_errors_and_tiny_trials_are_compressed():
+    with pytest.raises(ConfigError) as info:
+        Reach(radius=[0.5, 0.2])
+    assert info.value.key == "task.radius"
+    with pytest.raises(ConfigError) as info:
+        Reach(radius=[0.45, 0.5])                                  # no room straight up
+    assert info.value.key == "task.radius"
+    with pytest.raises(ConfigError) as info:
+        DoubleReach(gap=0.3)
+    assert info.value.key == "task.gap"
+    with pytest.raises(ConfigError) as info:
+        Reach(n_steps=2)
+    assert info.value.key == "task.n_steps"
+    with pytest.warns(UserWarning, match="scaled"):
+        task = DoubleReach(n_steps=12)
+    _phase_checks(task, jax.jit(task.sample, static_argnums=1)(jax.random.PRNGKey(4), 8))
+
+
+def test_every_required_optimizer_is_registered_and_importable():
+    for name in REQUIRED_OPTIMIZERS:
+        assert name in OPTIMIZERS and importlib.util.find_spec(OPTIMIZERS[name]) is not None, name
+
+
+OPTIMS = [name for name in OPTIMIZERS if importlib.util.find_spec(OPTIMIZERS[name]) is not None]
+TINY_OPTIM = {"sofo": ["optim.n_tangents=4"], "fgd": ["optim.n_tangents=4"], "tbptt": ["optim.truncation=4"]}
+MODELS = ("rnn", "gru", "lstm")
+# Every optimizer with every model, the task alternating so that every optimizer and every model
+# also runs on both tasks (the full task × model × optimizer product costs ~2.5 s of compile each,
+# more than this file's share of the suite).
+COMBOS = [("reach" if (i + j) % 2 == 0 else "double_reach", model, optim)
+          for i, optim in enumerate(OPTIMS) for j, model in enumerate(MODELS)]
+
+
+def test_the_combinations_cover_every_optimizer_model_and_task():
+    assert {(m, o) for _, m, o in COMBOS} == set(itertools.product(MODELS, OPTIMS))
+    for name in OPTIMS:
+        assert {t for t, _, o in COMBOS if o == name} == {"reach", "double_reach"}
+    for model in MODELS:
+        assert {t for t, m, _ in COMBOS if m == model} == {"reach", "double_reach"}
+
+
+@pytest.mark.parametrize("task,model,optim", COMBOS)
+def test_every_optimizer_trains_through_the_arm(task, model, optim):
+    cfg = compose_config([f"task={task}", f"model={model}", f"optim={optim}", "task.n_steps=8", "batch_size=2",
+                          "model.n_hidden=4", "logger=none", *TINY_OPTIM.get(optim, [])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        setup = build(cfg)
+    ts = jax.jit(lambda: init_train_state(setup, 0, 2))()
+    step = jax.jit(make_train_step(setup, 0, 2))
+    params0 = ts.params
+    for _ in range(2):
+        ts, metrics = step(ts)
+        assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"]))
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ts.params, params0)
+    assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_sofo_sketch_through_the_arm_equals_reverse_mode():
+    """C = Vᵀ∇L (reverse mode) and G̃ = Vᵀ(Σ JᵀHJ)V (dense Jacobian), through the closed loop
+    with private noise, both go cues and an effort cost (float64)."""
+    from sofo_lab.optim import _forward
+
+    T, B, K = 10, 3, 6
+    cfg = compose_config(["task=double_reach", "model=rnn", f"task.n_steps={T}", "model.n_hidden=5", "logger=none",
+                          "task.effort_weight=0.1"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        setup = build(cfg)
+    system, task = setup.system, setup.task
+    with jax.enable_x64(True):
+        f64 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float64) if x.dtype == jnp.float32 else x, tree)
+        params = f64(system.init_params(jax.random.PRNGKey(0)))
+        batch = f64(task.sample(jax.random.PRNGKey(1), B)._replace(
+            noise=system.sample_noise(jax.random.PRNGKey(2), T, B)))
+        assert batch.noise is not None
+        tangents = _forward.sample_tangents(jax.random.PRNGKey(3), params, K)
+        sketch = jax.jit(lambda p, v: _forward.forward_sketch(system, p, v, batch, None))(params, tangents)
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+
+        def run(f):
+            _, ys, losses = rollout(system, unravel(f), system.init_state(unravel(f), B), batch)
+            return ys, losses.sum()
+
+        V = jnp.stack([jax.flatten_util.ravel_pytree(jax.tree.map(lambda v: v[k], tangents))[0]
+                       for k in range(K)], axis=1)                                     # [P, K]
+        grad = jax.jit(jax.grad(lambda f: run(f)[1]))(flat)
+        np.testing.assert_allclose(sketch.c, V.T @ grad, rtol=1e-9)
+        # Output Jacobian times V by plain jax.jvp through the rollout, one direction at a time.
+        JV = jax.jit(jax.vmap(lambda v: jax.jvp(lambda f: run(f)[0], (flat,), (v,))[1]))(V.T)   # [K, T, B, O]
+        H = 2.0 * batch.weights / B                                                    # MSE curvature
+        np.testing.assert_allclose(sketch.ggn, jnp.einsum("ktbo,tbo,ltbo->kl", JV, H, JV), rtol=1e-9, atol=1e-14)
+        assert float(sketch.loss) == pytest.approx(float(run(flat)[1]), rel=1e-12)
+
+
+def test_benchmark_quick_mode_writes_its_json(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_reach_sofo_vs_adam.py"), "--quick",
+                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    assert {"machine", "runs", "table"} <= set(data)
+    assert {"sofo", "adam"} <= {r["optim"] for r in data["runs"]}
+    assert all(math.isfinite(r["endpoint_error_cm"]) for r in data["runs"])
+    sofo = next(r for r in data["runs"] if r["optim"] == "sofo")
+    assert sofo["curve"][-1]["loss"] < sofo["curve"][0]["loss"]                 # it learns
+    assert {"cpu", "cores", "jax", "backend"} <= set(data["machine"])
+    assert (tmp_path / "bench.png").exists() and (tmp_path / "bench_sofo_reach_trajectories.png").exists()
