@@ -275,3 +275,18 @@ def test_lanes_shard_across_two_host_devices_with_the_same_result():
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     result = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
+
+
+def test_benchmarks_run_in_quick_mode(tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_kalman_sofo_vs_adam
+    import bench_sofo_speed
+
+    speed = bench_sofo_speed.main(["--quick", "--out", str(tmp_path / "speed.json")])
+    assert json.loads((tmp_path / "speed.json").read_text())["machine"]["jax"] == jax.__version__
+    assert speed["ratio_sofo_over_vmap_of_jvp"]["cpu_min_s"] > 0
+    kalman = bench_kalman_sofo_vs_adam.main(["--quick", "--out", str(tmp_path / "kalman.json")])
+    assert (tmp_path / "kalman.png").stat().st_size > 0
+    summary = kalman["summary"]
+    assert 0 < summary["oracle_mse"] < summary["copy_mse"]
+    assert len(summary["sofo_final_mse"]) == len(summary["adam_mse_at_equal_wall_clock"]) == 1
