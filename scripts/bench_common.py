@@ -1,0 +1,74 @@
+"""Shared by the scripts/bench_*.py benchmarks: the machine record, configs, output paths, plots."""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+from pathlib import Path
+
+
+def machine() -> dict:
+    """CPU model, cores, device kind, JAX version: recorded next to every number."""
+    import jax
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = jax.devices()[0]
+    return {"cpu": cpu, "cpu_count": os.cpu_count(),
+            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "backend": jax.default_backend(), "device_kind": dev.device_kind, "device_count": jax.device_count(),
+            "jax": jax.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def compose(overrides):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from sofo_lab.cli import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def out_path(out: str | None, default_name: str) -> Path:
+    path = Path(out) if out else Path("outputs/bench") / default_name
+    if path.suffix != ".json":
+        path = path / default_name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save(path: Path, result: dict) -> None:
+    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    print(f"wrote {path}")
+
+
+def slope(xs, ys) -> float | None:
+    """Least-squares slope of y against x (bytes per time step, seconds per tangent, ...)."""
+    import numpy as np
+
+    pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+    if len(pts) < 2:
+        return None
+    x, y = np.asarray(pts, dtype=float).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def machine_line(m: dict) -> str:
+    return f"{m['cpu']} ({m['cpus_usable']}/{m['cpu_count']} cores), {m['backend']}:{m['device_kind']}, jax {m['jax']}"
