@@ -41,7 +41,8 @@ def test_oracle_filter_beats_copying_the_observation():
 
 
 def test_short_adam_run_lowers_the_loss(tmp_path):
-    cfg = compose_config(["iterations=40", "batch_size=16", "task.n_steps=60", "model.n_hidden=16",
+    cfg = compose_config(["task=kalman", "optim=adam", "iterations=40", "batch_size=16", "task.n_steps=60",
+                          "model.n_hidden=16",
                           "optim.lr=0.01", "log_every=1", "logger=none", "progress=false", "plots=false", "eval_every=40",
                           "checkpoint_every=40"])
     summary = train(cfg, tmp_path)
