@@ -1,0 +1,79 @@
+"""Cost of a UORO step relative to a forward step (rnn / gru / lstm), on the current backend.
+
+A UORO step is one forward with residuals, two pullbacks of that linearisation (the loss and
+the signs ν), one jvp and O(P) vector work, so its time should be a small constant times a
+forward step (target: at most 4 on CPU). Both are timed as one jitted ``lax.scan`` over T steps
+(the forward computes the per-step loss as well); UORO includes its per-step optax Adam update.
+
+    python scripts/bench_uoro_cost.py [--quick] [--out outputs/bench/uoro_cost.json]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
+
+from _bench_common import best_time, machine, write_json  # noqa: E402
+from sofo_lab.losses import SoftmaxCrossEntropy  # noqa: E402
+from sofo_lab.models import GRU, LSTM, RateRNN  # noqa: E402
+from sofo_lab.optim.bptt import bptt  # noqa: E402
+from sofo_lab.optim.tbptt import tbptt  # noqa: E402
+from sofo_lab.optim.uoro import uoro  # noqa: E402
+from sofo_lab.system import Batch, ModelSystem, rollout  # noqa: E402
+
+MODELS = {"rnn": lambda V, N: RateRNN(V, V, n_hidden=N, nonlinearity="tanh"),
+          "gru": lambda V, N: GRU(V, V, n_hidden=N), "lstm": lambda V, N: LSTM(V, V, n_hidden=N)}
+
+
+def char_batch(key, T, B, V):
+    symbols = jax.random.randint(key, (T + 1, B), 0, V)
+    return Batch(jax.nn.one_hot(symbols[:-1], V), jax.nn.one_hot(symbols[1:], V), jnp.full((T, B), 1.0 / T))
+
+
+def measure(name, T, B, N, V, repeats):
+    system = ModelSystem(MODELS[name](V, N), SoftmaxCrossEntropy())
+    params = system.init_params(jax.random.PRNGKey(0))
+    batch = char_batch(jax.random.PRNGKey(1), T, B, V)
+    carry = system.init_state(params, B)
+    forward = jax.jit(lambda p, c, b: rollout(system, p, c, b)[2].sum())
+    opt = uoro(system, optax.adam(1e-3), batch_size=B)
+    step = jax.jit(opt.update)
+    ost = opt.init(params)
+    key = jax.random.PRNGKey(2)
+    t_fwd = best_time(forward, params, carry, batch, repeats=repeats)
+    t_uoro = best_time(step, params, ost, batch, key, carry, repeats=repeats)
+    out = {"model": name, "T": T, "B": B, "n_hidden": N, "vocab": V,
+           "forward_step_us": 1e6 * t_fwd / T, "uoro_step_us": 1e6 * t_uoro / T, "ratio": t_uoro / t_fwd}
+    for label, other in (("tbptt1", tbptt(system, optax.adam(1e-3), truncation=1)),
+                         ("bptt", bptt(system, optax.adam(1e-3)))):
+        f = jax.jit(other.update)
+        out[f"{label}_step_us"] = 1e6 * best_time(f, params, other.init(params), batch, key, carry,
+                                                  repeats=repeats) / T
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for the test suite")
+    ap.add_argument("--out", default="outputs/bench/uoro_cost.json")
+    args = ap.parse_args(argv)
+    T, B, N, V, repeats = (50, 1, 8, 3, 1) if args.quick else (2000, 1, 64, 13, 5)
+    rows = [measure(name, T, B, N, V, repeats) for name in MODELS]
+    print(f"{'model':6s} {'forward µs/step':>16s} {'UORO µs/step':>13s} {'ratio':>6s} {'TBPTT-1':>8s} {'BPTT':>7s}")
+    for r in rows:
+        print(f"{r['model']:6s} {r['forward_step_us']:16.1f} {r['uoro_step_us']:13.1f} {r['ratio']:6.2f} "
+              f"{r['tbptt1_step_us']:8.1f} {r['bptt_step_us']:7.1f}")
+    result = {"benchmark": "uoro_cost", "machine": machine(), "quick": args.quick, "rows": rows,
+              "target_ratio": 4.0}
+    write_json(Path(args.out), result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
