@@ -89,7 +89,8 @@ def plot(result: dict, path: Path) -> None:
                            (axes[1], "step_bytes", "whole train step (incl. sampled batch)")):
         for method in result["methods"]:
             pts = [(r["T"], r[key]) for r in result["points"] if r["method"] == method]
-            ax.plot(*zip(*pts), "o-", label=f"{method} ({result['slopes'][method][key]:.3g} B/step)", ms=3)
+            s = result["slopes"][method][key]
+            ax.plot(*zip(*pts), "o-", label=f"{method} ({s if abs(s) >= 0.5 else 0:,.0f} B/step)", ms=3)
         ax.set(xscale="log", yscale="log", xlabel="horizon T (steps)", ylabel="bytes", title=title)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
