@@ -108,6 +108,28 @@ def timed(fns: dict, args: dict, repeats: int) -> dict:
             for name in fns}
 
 
+def memory_profile(horizons=(100, 10_000), n_hidden=32, batch_size=16, n_tangents=16) -> dict:
+    """Compiled memory (``memory_analysis()``, nothing executed) of one update, batch as an argument.
+
+    ``temp`` is the update's working memory; ``argument`` holds the batch ([T, B] arrays) and
+    so grows with T for every optimizer.
+    """
+    system = ModelSystem(RateRNN(1, 1, n_hidden=n_hidden), MeanSquaredError())
+    params = jax.eval_shape(system.init_params, jax.random.PRNGKey(0))
+    out = {"problem": {"N": n_hidden, "B": batch_size, "K": n_tangents}}
+    for name, opt in (("sofo", sofo(system, optax.sgd(0.1), n_tangents=n_tangents)),
+                      ("adam_bptt", bptt(system, optax.adam(1e-3)))):
+        for T in horizons:
+            batch = Batch(*(jax.ShapeDtypeStruct(shape, jnp.float32) for shape in
+                            ((T, batch_size, 1), (T, batch_size, 1), (T, batch_size))))
+            compiled = jax.jit(lambda p, s, b, k, opt=opt: opt.update(p, s, b, k, None)).lower(
+                params, opt.init(params), batch, jax.ShapeDtypeStruct((2,), jnp.uint32)).compile()
+            m = compiled.memory_analysis()
+            out[f"{name}_T{T}"] = {"temp": m.temp_size_in_bytes, "argument": m.argument_size_in_bytes,
+                                   "output": m.output_size_in_bytes}
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="outputs/bench/sofo_speed.json")
@@ -157,6 +179,12 @@ def main(argv=None) -> dict:
         jax.block_until_ready(fn(*call["sofo"]))
         sweep[k] = timed({"sofo": fn}, {"sofo": call["sofo"]}, max(2, args.repeats // 2))["sofo"]["cpu_min_s"]
 
+    if not args.quick:
+        info["memory_bytes"] = memory_profile()
+        for name in ("sofo", "adam_bptt"):
+            short, long = info["memory_bytes"][f"{name}_T100"], info["memory_bytes"][f"{name}_T10000"]
+            print(f"{name}: update temp memory {short['temp']} B at T=100, {long['temp']} B at T=10,000 "
+                  f"(x{long['temp'] / short['temp']:.2f})")
     info.update({"threads": args.threads, "seconds_per_iteration": res, "first_call_s (compile + run)": compile_s,
                  "ratio_sofo_over_vmap_of_jvp": ratios, "sofo_cpu_seconds_vs_K (min)": sweep})
     print(f"machine: {info['machine']['cpu']} ({info['machine']['cores']} cores), jax {jax.__version__}, "
