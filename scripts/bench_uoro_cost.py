@@ -4,6 +4,9 @@ A UORO step is one forward with residuals, two pullbacks of that linearisation (
 the signs ν), one jvp and O(P) vector work, so its time should be a small constant times a
 forward step (target: at most 4 on CPU). Both are timed as one jitted ``lax.scan`` over T steps
 (the forward computes the per-step loss as well); UORO includes its per-step optax Adam update.
+At B = 1 a forward step is one matrix-vector product per weight (it reads the P parameters
+once) while UORO does O(P) vector work several times (two weight cotangents, θ̃, g̃, Adam), so
+the ratio is larger there; with B streams the matrix work grows and the ratio falls.
 
     python scripts/bench_uoro_cost.py [--quick] [--out outputs/bench/uoro_cost.json]
 """
@@ -62,12 +65,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for the test suite")
     ap.add_argument("--out", default="outputs/bench/uoro_cost.json")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64], help="streams B")
     args = ap.parse_args(argv)
-    T, B, N, V, repeats = (50, 1, 8, 3, 1) if args.quick else (2000, 1, 64, 13, 5)
-    rows = [measure(name, T, B, N, V, repeats) for name in MODELS]
-    print(f"{'model':6s} {'forward µs/step':>16s} {'UORO µs/step':>13s} {'ratio':>6s} {'TBPTT-1':>8s} {'BPTT':>7s}")
+    T, N, V, repeats = (20, 8, 3, 1) if args.quick else (1000, 64, 13, 5)
+    batches = (1,) if args.quick else tuple(args.batch_sizes)
+    rows = [measure(name, T, B, N, V, repeats) for B in batches for name in MODELS]
+    print(f"{'model':6s} {'B':>4s} {'forward µs/step':>16s} {'UORO µs/step':>13s} {'ratio':>6s} "
+          f"{'TBPTT-1':>8s} {'BPTT':>7s}   (µs per time step; ratio = UORO / forward)")
     for r in rows:
-        print(f"{r['model']:6s} {r['forward_step_us']:16.1f} {r['uoro_step_us']:13.1f} {r['ratio']:6.2f} "
+        print(f"{r['model']:6s} {r['B']:4d} {r['forward_step_us']:16.1f} {r['uoro_step_us']:13.1f} {r['ratio']:6.2f} "
               f"{r['tbptt1_step_us']:8.1f} {r['bptt_step_us']:7.1f}")
     result = {"benchmark": "uoro_cost", "machine": machine(), "quick": args.quick, "rows": rows,
               "target_ratio": 4.0}

@@ -127,11 +127,12 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
         return optax.apply_updates(params, updates), inner, tree_zeros(g_sum)
 
     def body(carry, xs):
-        params, inner, state, s_t, th_t, g_sum, steps, key, loss_sum, g_norm_sum = carry
+        params, inner, state, s_t, th_t, g_sum, steps, key, loss_sum = carry
         x, target, w = xs
         (loss, new_state), pullback = jax.vjp(step_with_loss(system, x, target, w), params, state)
         d_theta, d_s = pullback((jnp.ones_like(loss), tree_zeros(new_state)))
-        g = jax.tree.map(lambda d, t: d + tree_vdot(d_s, s_t) * t, d_theta, th_t)       # g̃
+        coef = tree_vdot(d_s, s_t)
+        g = jax.tree.map(lambda d, t: d + coef * t, d_theta, th_t)                       # g̃
         _, s_push = jax.jvp(lambda s: system.step(params, s, x)[0], (state,), (s_t,))   # (∂F/∂s) s̃
         nu = rademacher_like(jax.random.fold_in(key, steps), new_state)
         d_theta_g, _ = pullback((jnp.zeros_like(loss), nu))                                # νᵀ ∂F/∂θ
@@ -139,16 +140,15 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
         rho1 = jnp.sqrt(tree_norm(d_theta_g) / (tree_norm(nu) + eps)) + eps
         s_t = jax.tree.map(lambda a, n: rho0 * a + rho1 * n, s_push, nu)
         th_t = jax.tree.map(lambda a, b: a / rho0 + b / rho1, th_t, d_theta_g)
-        g_sum = jax.tree.map(jnp.add, g_sum, g)
         steps = steps + 1
-        if update_every == 1:
-            params, inner, g_sum = apply(params, inner, g_sum)
+        if update_every == 1:   # no accumulator: g̃ goes straight to optax
+            params, inner, _ = apply(params, inner, g)
         else:
+            g_sum = jax.tree.map(jnp.add, g_sum, g)
             params, inner, g_sum = jax.lax.cond(steps % update_every == 0, apply, lambda *a: a,
                                                 params, inner, g_sum)
         # Running sums, not stacked per-step outputs: memory stays constant in the horizon.
-        return (params, inner, new_state, s_t, th_t, g_sum, steps, key, loss_sum + loss,
-                g_norm_sum + tree_norm(g)), None
+        return (params, inner, new_state, s_t, th_t, g_sum, steps, key, loss_sum + loss), None
 
     def update_fn(params, opt_state, batch, key, carry):
         B = batch.inputs.shape[1]
@@ -157,11 +157,10 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
         if carry is None:   # episodic: every trial starts afresh, so does the estimate
             s_t, th_t = tree_zeros(s_t), tree_zeros(th_t)
         zero = jnp.zeros((), batch.targets.dtype)
-        init = (params, opt_state.inner, state, s_t, th_t, opt_state.grad_sum, opt_state.steps, key, zero, zero)
-        (params, inner, state, s_t, th_t, g_sum, steps, _, loss, g_norm_sum), _ = jax.lax.scan(
+        init = (params, opt_state.inner, state, s_t, th_t, opt_state.grad_sum, opt_state.steps, key, zero)
+        (params, inner, state, s_t, th_t, g_sum, steps, _, loss), _ = jax.lax.scan(
             body, init, scan_inputs(batch))
-        metrics = {"loss": loss, "grad_norm": g_norm_sum / batch.inputs.shape[0],
-                   "s_tilde_norm": tree_norm(s_t), "theta_tilde_norm": tree_norm(th_t)}
+        metrics = {"loss": loss, "s_tilde_norm": tree_norm(s_t), "theta_tilde_norm": tree_norm(th_t)}
         return params, UoroState(inner, s_t, th_t, g_sum, steps), state, metrics
 
     return Optimizer(init_fn, update_fn)
