@@ -226,7 +226,7 @@ def test_sofo_run_learns_logs_curvature_and_step_memory_grows_only_by_the_sample
     from sofo_lab import profiling
     from sofo_lab.runner import init_train_state, make_train_step, train
 
-    run = ["optim=sofo", *TINY, "iterations=6", "eval_every=6", "batch_size=16", "model.n_hidden=32",
+    run = ["task=kalman", "optim=sofo", *TINY, "iterations=6", "eval_every=6", "batch_size=16", "model.n_hidden=32",
            "optim.lr=0.5", "optim.n_tangents=16"]
     summary = train(compose_config([*run, "task.n_steps=100"]), tmp_path)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
