@@ -113,7 +113,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--n-hidden", type=int, default=32)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--tangents", type=int, default=32)
-    ap.add_argument("--sofo", default="", help="comma-separated optim overrides (default: conf/optim/sofo.yaml)")
+    ap.add_argument("--sofo", default="optim.damping=1e-5", help="comma-separated optim overrides (lr 0.3 from conf/optim/sofo.yaml)")
     ap.add_argument("--adam", default="optim.lr=3e-3", help="comma-separated optim overrides")
     args = ap.parse_args(argv)
     if args.quick:

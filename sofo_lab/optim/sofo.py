@@ -62,7 +62,7 @@ class SofoState(NamedTuple):
     inner: optax.OptState
 
 
-def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-5,
+def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-3,
          orthonormalize: bool = False, sharding: _forward.LaneSharding = _forward.LaneSharding(),
          fast: bool = True) -> Optimizer:
     """SOFO with ``transform`` (an optax transformation) applied to the direction ``V z``."""
@@ -115,7 +115,7 @@ def _with_sgd_default(cfg):
 def from_config(cfg, system, *, episodic, iterations, n_steps):
     del episodic, n_steps
     k, ortho = check_tangents(cfg, system)
-    damping = cfg.get("damping", 1e-5)
+    damping = cfg.get("damping", 1e-3)
     if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping >= 0 \
             or damping == float("inf"):
         raise ConfigError("optim.damping", damping, "must be a finite number >= 0 (relative to G̃'s top eigenvalue)")
