@@ -6,7 +6,7 @@ Protocol, per task (default: reach and double_reach, the CPU-scale configs):
 
 1. Adam learning-rate sweep on seed 0 for N iterations, best by held-out loss. The same runs as
    ``sofo-run -m task=reach optim=adam optim.lr=3e-4,1e-3,3e-3,1e-2 iterations=N``.
-2. SOFO (its config defaults: K = 64, lr = 0.3, λ = 1e-5) for N iterations, every seed.
+2. SOFO (K = 64, lr = 0.3, λ = 1e-3, pinned by ``--sofo``) for N iterations, every seed.
 3. Adam at the best lr, every seed, for as many iterations as fit in SOFO's training time
    (median step time × iterations, measured in these runs): scored at iteration N (equal
    iterations) and at its end (equal wall-clock).
@@ -32,8 +32,7 @@ from pathlib import Path
 import numpy as np
 
 METRICS = ("loss", "endpoint_error_cm", "hold_error_cm", "within_1cm", "moved_early", "peak_speed", "final_error_cm")
-QUICK = ["task.n_steps=40", "task.dt=0.04", "task.tau=0.08", "model.n_hidden=16", "batch_size=8",
-         "optim.n_tangents=8"]
+QUICK = ["task.n_steps=40", "task.dt=0.04", "task.tau=0.08", "model.n_hidden=16", "batch_size=8"]
 
 
 def machine() -> dict:
@@ -56,13 +55,12 @@ def compose(overrides):
 
 
 def run(task, optim, seed, iterations, eval_every, run_dir, extra, plots=False) -> dict:
+    from sofo_lab.errors import RunFailed
     from sofo_lab.runner import train
 
     overrides = [f"task={task}", f"optim={optim}", f"seed={seed}", f"iterations={iterations}",
                  f"eval_every={eval_every}", f"log_every={eval_every}", f"checkpoint_every={iterations}",
                  "logger=none", "progress=false", f"plots={str(plots).lower()}", "resume=false", *extra]
-    if optim != "sofo":
-        overrides = [o for o in overrides if not o.startswith("optim.n_tangents")]
     shutil.rmtree(run_dir, ignore_errors=True)
     cfg = compose(overrides)
     start = time.perf_counter()
@@ -71,6 +69,8 @@ def run(task, optim, seed, iterations, eval_every, run_dir, extra, plots=False) 
         stdout, sys.stdout = sys.stdout, null
         try:
             summary = train(cfg, run_dir)
+        except RunFailed:          # diverged: the runner wrote summary.json; keep the record
+            summary = json.loads((Path(run_dir) / "summary.json").read_text())
         finally:
             sys.stdout = stdout
     history = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
@@ -82,7 +82,10 @@ def run(task, optim, seed, iterations, eval_every, run_dir, extra, plots=False) 
     record = {"task": task, "optim": optim, "seed": seed, "lr": lr, "iterations": iterations,
               "status": summary["status"], "step_time_s": step, "compile_s": summary["profile"]["compile_s"],
               "wall_s": time.perf_counter() - start, "curve": curve, "plots": summary["plots"], "run_dir": str(run_dir)}
-    print(f"  {task:13s} {optim:5s} lr={lr:8s} seed={seed} it={iterations:5d} "
+    if not curve or summary["status"] != "completed":
+        nan = {k: float("nan") for k in METRICS}
+        curve.append({"iteration": summary["iterations"], "train_time_s": summary["iterations"] * step, **nan})
+    print(f"  {task:13s} {optim:5s} lr={lr:8s} seed={seed} it={iterations:5d} {summary['status']:9s} "
           f"step={1e3 * step:7.1f} ms  loss={curve[-1]['loss']:.4f}  endpoint={curve[-1]['endpoint_error_cm']:.2f} cm"
           f"  hold={curve[-1]['hold_error_cm']:.2f} cm", flush=True)
     return record
@@ -93,8 +96,11 @@ def at_iteration(record, iteration) -> dict:
 
 
 def summarize(rows, label, task, optim, lr, iterations, points) -> None:
+    diverged = [p for p in points if not math.isfinite(p["loss"])]
+    points = [p for p in points if math.isfinite(p["loss"])] or points
     entry = {"task": task, "comparison": label, "optim": optim, "lr": lr, "iterations": iterations,
-             "train_time_s": float(np.mean([p["train_time_s"] for p in points])), "seeds": len(points)}
+             "train_time_s": float(np.mean([p["train_time_s"] for p in points])), "seeds": len(points),
+             "diverged": len(diverged)}
     for key in METRICS:
         values = [p[key] for p in points if key in p]
         if values:
@@ -107,12 +113,12 @@ def summarize(rows, label, task, optim, lr, iterations, points) -> None:
 
 def markdown(rows) -> str:
     lines = ["| task | comparison | optim (lr) | iterations | train time (s) | held-out loss | endpoint error (cm) "
-             "| hold error (cm) | within 1 cm | moved early (>1 cm) |", "|" + "---|" * 10]
+             "| hold error (cm) | within 1 cm | moved early (>1 cm) | diverged |", "|" + "---|" * 11]
     for r in rows:
         lines.append(f"| {r['task']} | {r['comparison']} | {r['optim']} ({r['lr']}) | {r['iterations']} | "
                      f"{r['train_time_s']:.0f} | {r['loss']:.4f} | {r['endpoint_error_cm']:.2f} ± "
                      f"{r['endpoint_error_cm_sd']:.2f} | {r['hold_error_cm']:.2f} ± {r['hold_error_cm_sd']:.2f} | "
-                     f"{100 * r['within_1cm']:.0f}% | {100 * r['moved_early']:.0f}% |")
+                     f"{100 * r['within_1cm']:.0f}% | {100 * r['moved_early']:.0f}% | {r['diverged']} |")
     return "\n".join(lines)
 
 
@@ -159,6 +165,8 @@ def main(argv=None) -> int:
     parser.add_argument("--adam-lrs", default="3e-4,1e-3,3e-3,1e-2")
     parser.add_argument("--max-adam-iterations", type=int, default=4000)
     parser.add_argument("--extra", default="", help="more overrides for every run, comma-separated")
+    parser.add_argument("--sofo", default="optim.n_tangents=64,optim.lr=0.3,optim.damping=1e-3",
+                        help="SOFO's settings, pinned (comma-separated overrides)")
     args = parser.parse_args(argv)
     if args.quick:
         args.tasks, args.seeds, args.iterations, args.adam_lrs = "reach", "0", 20, "1e-2"
@@ -182,7 +190,8 @@ def main(argv=None) -> int:
         ok = [r for r in sweep if r["status"] == "completed" and math.isfinite(r["curve"][-1]["loss"])]
         best = min(ok, key=lambda r: r["curve"][-1]["loss"])
         print(f"{task}: SOFO, {N} iterations, seeds {seeds}", flush=True)
-        sofo = [run(task, "sofo", s, N, eval_every, work / f"{task}-sofo-s{s}", extra, plots=s == seeds[0])
+        sofo_extra = extra + args.sofo.split(",") + (["optim.n_tangents=8"] if args.quick else [])
+        sofo = [run(task, "sofo", s, N, eval_every, work / f"{task}-sofo-s{s}", sofo_extra, plots=s == seeds[0])
                 for s in seeds]
         for r in sofo:
             r["role"] = "sofo"
@@ -211,6 +220,7 @@ def main(argv=None) -> int:
     result = {"benchmark": "motor tasks: SOFO vs Adam", "quick": args.quick, "machine": info,
               "load_average_end": os.getloadavg(), "total_wall_s": time.perf_counter() - started,
               "iterations": N, "seeds": seeds, "adam_lrs": args.adam_lrs.split(","), "extra_overrides": extra,
+              "sofo_overrides": args.sofo.split(","),
               "table": rows, "table_markdown": table,
               "runs": [{**{k: v for k, v in r.items() if k != "run_dir"},
                         **{k: r["curve"][-1][k] for k in METRICS if k in r["curve"][-1]}} for r in runs]}

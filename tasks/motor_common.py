@@ -20,12 +20,12 @@ puts about 13 % of the targets beyond full extension; here every target is reach
 """
 from __future__ import annotations
 
-import math
 import warnings
 from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sofo_lab.errors import ConfigError
 from tasks.arm import ArmSystem, make_arm, start_hand
@@ -42,9 +42,10 @@ class MotorLatents(NamedTuple):
 
 
 def _pair(key, value, low=0.0):
-    if not (isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (int, float)) for v in value)
+    if not (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
             and low <= value[0] <= value[1]):
-        raise ConfigError(key, value, f"must be [min, max] seconds with {low} <= min <= max")
+        raise ConfigError(key, value, f"must be [min, max] with {low} <= min <= max")
     return float(value[0]), float(value[1])
 
 
@@ -63,7 +64,7 @@ class MotorTask(Task):
 
     def __init__(self, n_steps=180, dt=0.01, tau=0.02, private_noise=0.28, idle=(0.1, 0.3), delay=(0.2, 0.6),
                  gap=0.0, free=0.5, final_hold=0.1, radius=(0.2, 0.5), angle_range=(-36.0, 216.0),
-                 reach_fraction=0.95, l2=0.30, integrator="euler", torque_scale=1.0, hold_weight=1.0,
+                 reach_fraction=0.95, l2=0.30, integrator="euler", torque_scale=0.1, hold_weight=1.0,
                  target_weight=4.0, velocity_weight=1.0, effort_weight=0.0, loss_scale=10.0, name=None):
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 4:
             raise ConfigError("task.n_steps", n_steps, "must be an integer >= 4")
@@ -81,14 +82,14 @@ class MotorTask(Task):
         self.gap_steps = round(scale * gap / self.dt)
         self.free_steps = max(1, round(scale * free / self.dt))
         self.radius = _pair("task.radius", list(radius), low=0.0)
-        self.angle_range = tuple(float(a) for a in angle_range)
+        self.angle_range = _pair("task.angle_range", list(angle_range), low=-360.0)
         self.arm = make_arm(l2, integrator)
         self.integrator, self.torque_scale = integrator, _positive("task.torque_scale", torque_scale)
         if not 0.5 <= reach_fraction < 1.0:
             raise ConfigError("task.reach_fraction", reach_fraction, "must be in [0.5, 1)")
         self.reach = reach_fraction * (self.arm.l1 + self.arm.l2)
         self.start = start_hand(self.arm)
-        edge = min(self._edge(math.radians(a)) for a in jnp.linspace(*self.angle_range, 181).tolist())
+        edge = float(np.min(self._edge(np.radians(np.linspace(*self.angle_range, 181)), np)))
         if self.radius[0] > edge:
             raise ConfigError("task.radius", list(radius),
                               f"the minimum radius must be <= {edge:.3f} m, the nearest workspace edge")
@@ -111,11 +112,11 @@ class MotorTask(Task):
         return ArmSystem(model, self.loss, self.arm, self.dt, self.integrator, self.torque_scale)
 
     # --- sampling --------------------------------------------------------------------------
-    def _edge(self, angle):
-        """Distance from the start along direction ``angle`` to the workspace edge (works on arrays)."""
+    def _edge(self, angle, xp=jnp):
+        """Distance from the start along direction ``angle`` (radians) to the workspace edge."""
         px, py = self.start
-        dot = px * jnp.cos(angle) + py * jnp.sin(angle)
-        return -dot + jnp.sqrt(dot**2 - (px**2 + py**2) + self.reach**2)
+        dot = px * xp.cos(angle) + py * xp.sin(angle)
+        return -dot + xp.sqrt(dot**2 - (px**2 + py**2) + self.reach**2)
 
     def sample_targets(self, key, shape):
         k_angle, k_radius = jax.random.split(key)
