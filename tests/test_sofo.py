@@ -204,7 +204,7 @@ def test_update_memory_is_constant_in_the_horizon_while_bptt_grows():
 
 BAD = [("optim.n_tangents=0", "optim.n_tangents"), ("optim.n_tangents=2.5", "optim.n_tangents"),
        ("optim.lr=0", "optim.lr"), ("optim.shard=sometimes", "optim.shard"),
-       ("optim.orthonormalize=maybe", "optim.orthonormalize")]
+       ("optim.orthonormalize=maybe", "optim.orthonormalize"), ("optim.fast=maybe", "optim.fast")]
 
 
 @pytest.mark.parametrize("optim,override,key", [("sofo", *b) for b in BAD] + [("fgd", *b) for b in BAD]

@@ -24,7 +24,7 @@ import optax
 
 from sofo_lab.optim import _forward
 from sofo_lab.optim.base import Optimizer
-from sofo_lab.optim.sofo import _with_sgd_default, check_tangents
+from sofo_lab.optim.sofo import _with_sgd_default, check_flag, check_tangents
 from sofo_lab.optim.transforms import make_transform
 from sofo_lab.system import tree_norm
 
@@ -67,4 +67,4 @@ def from_config(cfg, system, *, episodic, iterations, n_steps):
     k, ortho = check_tangents(cfg, system)
     transform = make_transform(_with_sgd_default(cfg), iterations)
     return fgd(system, transform, n_tangents=k, orthonormalize=ortho,
-               sharding=_forward.lane_sharding(cfg.get("shard", "auto"), k), fast=bool(cfg.get("fast", True)))
+               sharding=_forward.lane_sharding(cfg.get("shard", "auto"), k), fast=check_flag(cfg, "fast", True))

@@ -104,6 +104,13 @@ def check_tangents(cfg, system, prefix: str = "optim") -> tuple[int, bool]:
     return k, ortho
 
 
+def check_flag(cfg, key: str, default: bool) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise ConfigError(f"optim.{key}", value, "must be true or false")
+    return value
+
+
 def _with_sgd_default(cfg):
     from omegaconf import OmegaConf
 
@@ -119,9 +126,7 @@ def from_config(cfg, system, *, episodic, iterations, n_steps):
     if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping >= 0 \
             or damping == float("inf"):
         raise ConfigError("optim.damping", damping, "must be a finite number >= 0 (relative to G̃'s top eigenvalue)")
-    fast = cfg.get("fast", True)
-    if not isinstance(fast, bool):
-        raise ConfigError("optim.fast", fast, "must be true or false")
+    fast = check_flag(cfg, "fast", True)
     transform = make_transform(_with_sgd_default(cfg), iterations)
     return sofo(system, transform, n_tangents=k, damping=float(damping), orthonormalize=ortho,
                 sharding=_forward.lane_sharding(cfg.get("shard", "auto"), k), fast=fast)
