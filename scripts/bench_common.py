@@ -25,6 +25,7 @@ def machine() -> dict:
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "backend": jax.default_backend(), "device_kind": dev.device_kind, "device_count": jax.device_count(),
             "jax": jax.__version__, "python": platform.python_version(), "platform": platform.platform(),
+            "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,   # other work on the machine
             "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
