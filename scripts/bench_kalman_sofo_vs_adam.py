@@ -35,14 +35,23 @@ def config(overrides):
         return compose("config", overrides=list(overrides))
 
 
-def train_curve(overrides, seed, batch_size, iterations, eval_every, time_budget=None, eval_batch=256):
-    """Train; return evaluation points (iteration, train seconds, eval metrics) and the train losses."""
+_EVALS = {}
+
+
+def train_curve(overrides, seed, batch_size, iterations, eval_every, time_budget=None, eval_batch=256,
+                eval_key=None):
+    """Train; return evaluation points (iteration, train seconds, eval metrics) and the train losses.
+
+    Runs with the same ``eval_key`` (same task, model and seed) share one compiled evaluation.
+    """
     cfg = config([*overrides, f"seed={seed}", f"batch_size={batch_size}", "logger=none",
                   f"iterations={iterations}"])
     setup = build(cfg)
     ts = init_train_state(setup, seed, batch_size)
     step = jax.jit(make_train_step(setup, seed, batch_size))
-    evaluate, _ = make_eval(setup, seed, eval_batch)
+    if eval_key is None or eval_key not in _EVALS:
+        _EVALS[eval_key] = make_eval(setup, seed, eval_batch)[0]
+    evaluate = _EVALS[eval_key]
     ts_next, _ = step(ts)                      # compile (not counted)
     jax.block_until_ready(ts_next)
     jax.block_until_ready(evaluate(ts.params))
@@ -130,9 +139,10 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     for seed in seeds:
         eval_batch = args.batch if args.quick else 256
-        s = train_curve(sofo, seed, args.batch, args.iterations, args.eval_every, eval_batch=eval_batch)
+        key = (tuple(common), seed, args.batch, eval_batch)
+        s = train_curve(sofo, seed, args.batch, args.iterations, args.eval_every, eval_batch=eval_batch, eval_key=key)
         a = train_curve(adam, seed, args.batch, args.iterations, args.eval_every, time_budget=s["train_s"],
-                        eval_batch=eval_batch)
+                        eval_batch=eval_batch, eval_key=key)
         result["runs"]["sofo"].append(s)
         result["runs"]["adam"].append(a)
         print(f"seed {seed}: SOFO {s['iterations']} it in {s['train_s']:.1f} s -> MSE {s['points'][-1]['mse']:.3f}; "
