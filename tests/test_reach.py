@@ -150,19 +150,20 @@ def test_every_required_optimizer_is_registered_and_importable():
 OPTIMS = [name for name in OPTIMIZERS if importlib.util.find_spec(OPTIMIZERS[name]) is not None]
 TINY_OPTIM = {"sofo": ["optim.n_tangents=4"], "fgd": ["optim.n_tangents=4"], "tbptt": ["optim.truncation=4"]}
 MODELS = ("rnn", "gru", "lstm")
-# Every optimizer with every model, the task alternating so that every optimizer and every model
-# also runs on both tasks (the full task × model × optimizer product costs ~2.5 s of compile each,
-# more than this file's share of the suite).
-COMBOS = [("reach" if (i + j) % 2 == 0 else "double_reach", model, optim)
-          for i, optim in enumerate(OPTIMS) for j, model in enumerate(MODELS)]
+# Every optimizer on both tasks, the model rotating so that every optimizer meets two models and
+# every model meets both tasks (the full task × model × optimizer product, 36 runs at ~3 s of
+# compile each, is beyond this file's share of the suite's time).
+COMBOS = [combo for i, optim in enumerate(OPTIMS)
+          for combo in (("reach", MODELS[i % 3], optim), ("double_reach", MODELS[(i + 2) % 3], optim))]
 
 
 def test_the_combinations_cover_every_optimizer_model_and_task():
-    assert {(m, o) for _, m, o in COMBOS} == set(itertools.product(MODELS, OPTIMS))
     for name in OPTIMS:
         assert {t for t, _, o in COMBOS if o == name} == {"reach", "double_reach"}
+        assert len({m for _, m, o in COMBOS if o == name}) == 2
     for model in MODELS:
         assert {t for t, m, _ in COMBOS if m == model} == {"reach", "double_reach"}
+    assert {m for _, m, o in COMBOS if o in REQUIRED_OPTIMIZERS} == set(MODELS)
 
 
 @pytest.mark.parametrize("task,model,optim", COMBOS)
@@ -187,7 +188,7 @@ def test_sofo_sketch_through_the_arm_equals_reverse_mode():
     with private noise, both go cues and an effort cost (float64)."""
     from sofo_lab.optim import _forward
 
-    T, B, K = 10, 3, 6
+    T, B, K = 6, 3, 5
     cfg = compose_config(["task=double_reach", "model=rnn", f"task.n_steps={T}", "model.n_hidden=5", "logger=none",
                           "task.effort_weight=0.1"])
     with warnings.catch_warnings():
