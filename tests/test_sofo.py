@@ -62,8 +62,9 @@ class ToyPlantSystem:
 def make_system(name, loss=MeanSquaredError()):
     if name == "plant":
         return ToyPlantSystem(loss)
-    if name.startswith("rnn"):
-        model = RateRNN(I, O, n_hidden=N, nonlinearity="softplus", noise_amplitude=0.4, learn_init_state=True)
+    if name.startswith("rnn"):   # "rnn": private noise (carry ż, q); "rnn-stream": none (fused GEMM)
+        model = RateRNN(I, O, n_hidden=N, nonlinearity="softplus", learn_init_state=True,
+                        noise_amplitude=0.0 if name.endswith("stream") else 0.4)
     else:
         model = {"gru": GRU, "lstm": LSTM}[name](I, O, n_hidden=N, learn_init_state=True)
     return ModelSystem(model, loss)

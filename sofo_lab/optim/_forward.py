@@ -144,13 +144,17 @@ class RateRNNStepper:
         ż' = (1 − α) ż + α (ṙ W_rec + [r, u, 1] [Ẇ_rec; Ẇ_in; ḃ])
         ẏ  = (φ'(z') ⊙ ż') W_out + [φ(z'), 1] [Ẇ_out; ḃ_out]
 
-    The carry holds ``(ż, φ'(z) ⊙ ż)``, both ``[B, K, N]``, so φ' multiplies each tangent once.
+    Tangents are ``[B, K, N]``. Without private noise (η = 1) the products of ``q = φ'(z') ⊙ ż'``
+    with ``α W_rec`` (next step's recurrence) and with ``W_out`` (this step's readout) are one GEMM
+    ``q @ [α W_rec, W_out]``, and the carry is ``(ż, that product)``. With noise, η of the next
+    step multiplies q first, so the carry is ``(ż, q)`` and the two products stay apart.
     """
 
     lane_axis = 1
 
     def __init__(self, system):
         self.system, self.model = system, system.model
+        self.fused = self.model.noise_amplitude == 0.0
 
     def _dphi(self, z):
         return jax.jvp(self.model.phi, (z,), (jnp.ones_like(z),))[1]
@@ -165,32 +169,51 @@ class RateRNNStepper:
         drive = jnp.concatenate([lanes_last(tangents["W_rec"]), lanes_last(tangents["W_in"]),
                                  tangents["b"].reshape(1, -1)], axis=0) * alpha
         out = jnp.concatenate([lanes_last(tangents["W_out"]), tangents["b_out"].reshape(1, -1)], axis=0)
-        return drive, out
+        return drive, out, self.prepare_both(params)
+
+    def _through(self, q, both):
+        B, K, N = q.shape
+        return (q.reshape(B * K, N) @ both).reshape(B, K, both.shape[1])
 
     def from_lanes_first(self, params, state, state_tangents):
         dz = jnp.moveaxis(state_tangents, 0, 1)                         # [B, K, N]
-        return dz, dz * self._dphi(state)[:, None, :]
+        q = dz * self._dphi(state)[:, None, :]
+        if self.fused:
+            return dz, self._through(q, self.prepare_both(params))
+        return dz, q
+
+    def prepare_both(self, params):
+        return jnp.concatenate([self.model.alpha * params["W_rec"], params["W_out"]], axis=1)
 
     def step(self, params, consts, z, tangents, x):
-        drive_t, out_t = consts
-        dz, q = tangents
+        drive_t, out_t, both = consts
+        dz, carried = tangents
         alpha, phi = self.model.alpha, self.model.phi
         B, K, N = dz.shape
         r = phi(z)
-        dr = q
-        if x.noise is not None:
-            r, dr = r * x.noise, q * x.noise[:, None, :]
+        if self.fused:
+            if x.noise is not None:
+                raise ValueError("RateRNNStepper: noise given to a model with noise_amplitude=0")
+            recurrent = carried[..., :N]                                 # α (φ'(z) ⊙ ż) W_rec
+        else:
+            r, dr = r * x.noise, carried * x.noise[:, None, :]
+            recurrent = alpha * (dr.reshape(B * K, N) @ params["W_rec"]).reshape(B, K, N)
         ones = jnp.ones((B, 1), z.dtype)
         z_new = (1.0 - alpha) * z + alpha * (r @ params["W_rec"] + x.u @ params["W_in"] + params["b"])
         inject = (jnp.concatenate([r, x.u.astype(z.dtype), ones], axis=1) @ drive_t).reshape(B, K, N)
-        dz_new = (1.0 - alpha) * dz + inject + alpha * (dr.reshape(B * K, N) @ params["W_rec"]).reshape(B, K, N)
+        dz_new = (1.0 - alpha) * dz + inject + recurrent
         h = phi(z_new)
         q_new = dz_new * self._dphi(z_new)[:, None, :]
         y = h @ params["W_out"] + params["b_out"]
         O = y.shape[1]
-        dy = (q_new.reshape(B * K, N) @ params["W_out"]).reshape(B, K, O) \
-            + (jnp.concatenate([h, ones], axis=1) @ out_t).reshape(B, K, O)
-        return z_new, y, (dz_new, q_new), jnp.moveaxis(dy, 1, 0)
+        if self.fused:
+            carried = self._through(q_new, both)                         # [B, K, N + O]
+            readout = carried[..., N:]
+        else:
+            carried = q_new
+            readout = (q_new.reshape(B * K, N) @ params["W_out"]).reshape(B, K, O)
+        dy = readout + (jnp.concatenate([h, ones], axis=1) @ out_t).reshape(B, K, O)
+        return z_new, y, (dz_new, carried), jnp.moveaxis(dy, 1, 0)
 
 
 def stepper_for(system, fast: bool = True):
