@@ -82,7 +82,8 @@ def main() -> None:
     optims = args.optims.split(",") if args.optims else (["adam", "sofo"] if args.quick else list(OPTIMS))
     every = max(1, iterations // 30)
     base = ["task=kalman", "model=rnn", f"model.n_hidden={n_hidden}", f"batch_size={batch}", f"task.n_steps={T}",
-            f"eval_every={every}", f"log_every={every}", "logger=none", "progress=false", "plots=false", "resume=false", f"seed={args.seed}"]
+            f"eval_every={every}", f"log_every={every}", "logger=none", "progress=false", "plots=false",
+            "resume=false", f"seed={args.seed}"]
     path = bc.out_path(args.out, "loss_vs_wallclock.json")
     runs = []
     for optim in optims:

@@ -39,7 +39,7 @@ def overrides(method: str, T: int, n_hidden: int, batch: int) -> list[str]:
             f"batch_size={batch}", "logger=none", *METHOD_OVERRIDES[method]]
 
 
-def measure(method: str, T: int, n_hidden: int, batch: int) -> dict:
+def measure(method: str, T: int, n_hidden: int, batch: int, whole_step: bool = True) -> dict:
     import jax
 
     from sofo_lab import profiling
@@ -50,8 +50,8 @@ def measure(method: str, T: int, n_hidden: int, batch: int) -> dict:
     setup = build(cfg)
     abstract = jax.eval_shape(lambda: init_train_state(setup, cfg.seed, batch))
     t0 = time.perf_counter()
-    step = jax.jit(make_train_step(setup, cfg.seed, batch)).lower(abstract).compile()
-    m = step.memory_analysis()
+    step = jax.jit(make_train_step(setup, cfg.seed, batch)).lower(abstract).compile() if whole_step else None
+    m = step.memory_analysis() if whole_step else None
 
     def sample(ts):
         key = jax.random.PRNGKey(0)
@@ -63,8 +63,9 @@ def measure(method: str, T: int, n_hidden: int, batch: int) -> dict:
     update = jax.jit(setup.optimizer.update).lower(abstract.params, abstract.opt_state, abstract_batch, key,
                                                    abstract.carry).compile()
     u = update.memory_analysis()
-    return {"method": method, "T": T, "step_bytes": profiling.compiled_memory_bytes(step),
-            "step_temp_bytes": int(m.temp_size_in_bytes), "step_argument_bytes": int(m.argument_size_in_bytes),
+    return {"method": method, "T": T, "step_bytes": profiling.compiled_memory_bytes(step) if step else None,
+            "step_temp_bytes": int(m.temp_size_in_bytes) if m else None,
+            "step_argument_bytes": int(m.argument_size_in_bytes) if m else None,
             "update_temp_bytes": int(u.temp_size_in_bytes),
             "batch_bytes": int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(abstract_batch))),
             "compile_s": round(time.perf_counter() - t0, 3)}
@@ -88,8 +89,10 @@ def plot(result: dict, path: Path) -> None:
     for ax, key, title in ((axes[0], "update_temp_bytes", "optimizer working memory (temp)"),
                            (axes[1], "step_bytes", "whole train step (incl. sampled batch)")):
         for method in result["methods"]:
-            pts = [(r["T"], r[key]) for r in result["points"] if r["method"] == method]
-            s = result["slopes"][method][key]
+            pts = [(r["T"], r[key]) for r in result["points"] if r["method"] == method and r[key] is not None]
+            s = result["slopes"][method][key] or 0.0
+            if not pts:
+                continue
             ax.plot(*zip(*pts), "o-", label=f"{method} ({s if abs(s) >= 0.5 else 0:,.0f} B/step)", ms=3)
         ax.set(xscale="log", yscale="log", xlabel="horizon T (steps)", ylabel="bytes", title=title)
         ax.grid(alpha=0.3, which="both")
@@ -103,7 +106,8 @@ def plot(result: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="sofo and adam, T in {100, 1000}, N=16, B=8: a smoke test")
+    ap.add_argument("--quick", action="store_true",
+                    help="sofo and adam, T in {100, 1000}, N=16, B=8, optimizer update only: a smoke test")
     ap.add_argument("--out", default=None, help="JSON path or directory (default outputs/bench/)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--device-peak", action="store_true", help="GPU: also run each point and record the peak")
@@ -117,11 +121,11 @@ def main() -> None:
     print(f"{'method':<7}{'T':>8}{'update temp':>14}{'step total':>14}{'batch':>12}  (MiB)")
     for method in methods:
         for T in horizons:
-            r = measure(method, T, n_hidden, batch)
+            r = measure(method, T, n_hidden, batch, whole_step=not args.quick)
             if args.device_peak:
                 r["device_peak_bytes"] = device_peak(method, T, n_hidden, batch)
             points.append(r)
-            print(f"{method:<7}{T:>8}{r['update_temp_bytes'] / 2**20:>14.3f}{r['step_bytes'] / 2**20:>14.3f}"
+            print(f"{method:<7}{T:>8}{r['update_temp_bytes'] / 2**20:>14.3f}{(r['step_bytes'] or 0) / 2**20:>14.3f}"
                   f"{r['batch_bytes'] / 2**20:>12.3f}", flush=True)
     slopes = {m: {k: bc.slope([p["T"] for p in points if p["method"] == m],
                               [p[k] for p in points if p["method"] == m])
@@ -129,7 +133,7 @@ def main() -> None:
     print("\nslope, bytes per time step (least squares over T):")
     for m in methods:
         s = slopes[m]
-        print(f"  {m:<6} update temp {s['update_temp_bytes']:>10.1f}   whole step {s['step_bytes']:>10.1f}"
+        print(f"  {m:<6} update temp {s['update_temp_bytes']:>10.1f}   whole step {s['step_bytes'] or 0:>10.1f}"
               f"   (the sampled batch alone: {s['batch_bytes']:.1f})")
     result = {"benchmark": "memory_vs_horizon", "task": "kalman", "model": "rnn", "n_hidden": n_hidden,
               "batch_size": batch, "sofo_n_tangents": 32, "tbptt_truncation": 16, "horizons": list(horizons),

@@ -25,8 +25,9 @@ import pytest
 from conftest import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-LONG = ["iterations=6000", "batch_size=4", "task.n_steps=20", "model.n_hidden=8", "progress=false",
-        "plots=false", "log_every=50", "eval_every=1000", "checkpoint_every=1000", "logger=none"]
+LONG = ["task=kalman", "model=rnn", "optim=adam", "iterations=6000", "batch_size=4", "task.n_steps=20",
+        "model.n_hidden=8", "progress=false", "plots=false", "log_every=50", "eval_every=1000",
+        "checkpoint_every=1000", "logger=none"]
 SLURM = ["hydra/launcher=slurm", "hydra.launcher.mem_gb=1", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.timeout_min=10"]
 

@@ -18,7 +18,8 @@ from conftest import run_cli
 
 from sofo_lab import sweep
 
-SMALL = ["iterations=3", "batch_size=4", "task.n_steps=20", "model.n_hidden=8", "progress=false", "plots=false"]
+SMALL = ["task=kalman", "model=rnn", "optim=adam", "iterations=3", "batch_size=4", "task.n_steps=20",
+         "model.n_hidden=8", "progress=false", "plots=false"]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -92,7 +93,8 @@ def test_collect_reports_failed_and_missing_runs(tmp_path):
 
 def _start(args, cwd, env=None):
     env = {k: v for k, v in {**os.environ, **(env or {})}.items() if not k.startswith("SLURM_")}  # not a job
-    return subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    return subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
 
@@ -104,8 +106,9 @@ def _wait_for(path: Path, proc, timeout=120):
         time.sleep(0.2)
 
 
-LONG = ["iterations=6000", "batch_size=4", "task.n_steps=20", "model.n_hidden=8", "progress=false",
-        "plots=false", "log_every=50", "eval_every=1000", "checkpoint_every=1000"]
+LONG = ["task=kalman", "model=rnn", "optim=adam", "iterations=6000", "batch_size=4", "task.n_steps=20",
+        "model.n_hidden=8", "progress=false", "plots=false", "log_every=50", "eval_every=1000",
+        "checkpoint_every=1000"]
 
 
 def _kill_wandb_service(proc) -> None:
