@@ -23,6 +23,7 @@ def _run(name: str, out: Path) -> dict:
     return result
 
 
+@pytest.mark.slow
 def test_memory_vs_horizon_quick(tmp_path):
     res = _run("bench_memory_vs_horizon.py", tmp_path / "mem.json")
     pts = {(p["method"], p["T"]): p for p in res["points"]}
@@ -33,6 +34,7 @@ def test_memory_vs_horizon_quick(tmp_path):
     assert abs(res["slopes"]["sofo"]["update_temp_bytes"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_time_vs_tangents_quick(tmp_path):
     res = _run("bench_time_vs_tangents.py", tmp_path / "time.json")
     methods = [(p["method"], p["K"]) for p in res["points"]]
@@ -40,6 +42,7 @@ def test_time_vs_tangents_quick(tmp_path):
     assert all(p["median_s"] > 0 and p["ratio_to_forward"] > 0 for p in res["points"])
 
 
+@pytest.mark.slow
 def test_loss_vs_wallclock_quick(tmp_path):
     res = _run("bench_loss_vs_wallclock.py", tmp_path / "loss.json")
     assert [r["optim"] for r in res["runs"]] == ["adam", "sofo"]

@@ -94,6 +94,7 @@ def _params(run_dir: Path):
         return jax.tree.leaves(pickle.load(f)["state"].params)
 
 
+@pytest.mark.slow
 def test_slurm_sweep_requeued_runs_resume_and_match(tmp_path, slurm_cluster, _compilation_cache):
     sweep = tmp_path / "sweep"
     submit = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "submit.sh"), "--sweep-dir", str(sweep),

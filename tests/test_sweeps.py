@@ -37,6 +37,7 @@ def _table(sweep_dir: Path):
     return data, rows
 
 
+@pytest.mark.slow
 def test_basic_sweep_divergent_run_finishes_others_and_groups_wandb(tmp_path):
     sweep_dir = tmp_path / "sw"
     r = run_cli(["-m", *SMALL, "logger=wandb", "optim.lr=0.01,1e9", f"hydra.sweep.dir={sweep_dir}"],
@@ -59,6 +60,7 @@ def test_basic_sweep_divergent_run_finishes_others_and_groups_wandb(tmp_path):
         assert f'"group":"{sweep_dir.name}"'.encode() in blob
 
 
+@pytest.mark.slow
 def test_local_parallel_sweep_runs_each_job_in_its_own_process(tmp_path):
     sweep_dir = tmp_path / "sw"
     r = run_cli(["-m", "hydra/launcher=local_parallel", *SMALL, "logger=none", "seed=0,1",
@@ -119,6 +121,7 @@ def _kill_wandb_service(proc) -> None:
     os.kill(service[0], signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_stop_signal_wandb_failures_and_resume_match_uninterrupted(tmp_path):
     """Three runs of the same config:
 
