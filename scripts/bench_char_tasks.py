@@ -85,6 +85,7 @@ def main(argv=None):
                                "optimal": final.get("train/bits_per_char_optimal"),
                                "wall_s": wall, "curve": curve}
                         results.append(row)
+                        write_json(Path(args.out).with_suffix(".partial.json"), {"runs": results})
                         print(f"{task:9s} {model:5s} {method:9s} seed {seed}: {row['status']:9s} cumulative "
                               f"{row['bits_per_char'] or float('nan'):.3f}  recent {row['bits_per_char_recent'] or float('nan'):.3f}"
                               f"  (optimum {row['optimal'] or float('nan'):.3f})  {wall:.0f} s", flush=True)
