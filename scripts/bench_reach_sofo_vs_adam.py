@@ -155,6 +155,25 @@ def figure(runs, tasks, path) -> None:
     plt.close(fig)
 
 
+def supplement(args) -> int:
+    task, lr, iterations = args.supplement.split(":")
+    iterations, seeds = int(iterations), [int(s) for s in args.seeds.split(",")]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    eval_every = max(1, args.iterations // 10)
+    extra = (QUICK if args.quick else []) + [o for o in args.extra.split(",") if o] + [f"optim.lr={lr}"]
+    runs = [run(task, "adam", s, iterations, eval_every, out.parent / (out.stem + "_runs") / f"{task}-adam-lr{lr}-s{s}",
+                extra) for s in seeds]
+    rows = []
+    summarize(rows, "equal iterations", task, "adam", lr, args.iterations, [at_iteration(r, args.iterations) for r in runs])
+    summarize(rows, "equal wall-clock", task, "adam", lr, iterations, [r["curve"][-1] for r in runs])
+    table = markdown(rows)
+    out.write_text(json.dumps({"benchmark": "motor tasks: Adam supplement", "machine": machine(), "table": rows,
+                               "table_markdown": table, "runs": runs}, indent=1) + "\n")
+    print(table)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="outputs/bench/reach_sofo_vs_adam.json")
@@ -167,7 +186,12 @@ def main(argv=None) -> int:
     parser.add_argument("--extra", default="", help="more overrides for every run, comma-separated")
     parser.add_argument("--sofo", default="optim.n_tangents=64,optim.lr=0.3,optim.damping=1e-3",
                         help="SOFO's settings, pinned (comma-separated overrides)")
+    parser.add_argument("--supplement", default="",
+                        help="TASK:LR:ITERATIONS — only run Adam at this lr for this many iterations, every seed "
+                             "(e.g. when the best lr at N iterations diverges in the long runs)")
     args = parser.parse_args(argv)
+    if args.supplement:
+        return supplement(args)
     if args.quick:
         args.tasks, args.seeds, args.iterations, args.adam_lrs = "reach", "0", 20, "1e-2"
     extra = (QUICK if args.quick else []) + [o for o in args.extra.split(",") if o]
