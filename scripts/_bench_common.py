@@ -1,26 +1,11 @@
-"""Helpers shared by the UORO benchmarks: machine record, JSON/PNG output, timing."""
+"""Helpers shared by the UORO benchmarks: JSON output, timing (the machine record is bench_common's)."""
 from __future__ import annotations
 
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-
-def machine() -> dict:
-    import jax
-
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "device": str(jax.devices()[0].device_kind), "python": platform.python_version()}
+from bench_common import machine  # noqa: F401  (re-exported for the UORO benchmarks)
 
 
 def write_json(path: Path, data: dict) -> None:

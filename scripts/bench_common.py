@@ -21,7 +21,7 @@ def machine() -> dict:
     except OSError:
         pass
     dev = jax.devices()[0]
-    return {"cpu": cpu, "cpu_count": os.cpu_count(),
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "cores": os.cpu_count(), "device": str(dev.device_kind),
             "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
             "backend": jax.default_backend(), "device_kind": dev.device_kind, "device_count": jax.device_count(),
             "jax": jax.__version__, "python": platform.python_version(), "platform": platform.platform(),

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -34,26 +33,13 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
+from bench_common import machine  # noqa: E402
 from sofo_lab.losses import MeanSquaredError  # noqa: E402
 from sofo_lab.models import RateRNN  # noqa: E402
 from sofo_lab.optim import _forward  # noqa: E402
 from sofo_lab.optim.bptt import bptt  # noqa: E402
 from sofo_lab.optim.sofo import sofo  # noqa: E402
 from sofo_lab.system import Batch, ModelSystem, rollout  # noqa: E402
-
-
-def machine() -> dict:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "device": str(jax.devices()[0].device_kind), "python": platform.python_version(),
-            "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
 def vmap_of_jvp_update(system, n_tangents: int, damping: float, lr: float):
@@ -188,7 +174,7 @@ def main(argv=None) -> dict:
     info.update({"threads": args.threads, "seconds_per_iteration": res, "first_call_s (compile + run)": compile_s,
                  "ratio_sofo_over_vmap_of_jvp": ratios, "sofo_cpu_seconds_vs_K (min)": sweep})
     print(f"machine: {info['machine']['cpu']} ({info['machine']['cores']} cores), jax {jax.__version__}, "
-          f"{jax.default_backend()}, XLA threads: {args.threads}, load {info['machine']['load_average_at_start']}")
+          f"{jax.default_backend()}, XLA threads: {args.threads}, load {info['machine']['load_avg_1m']}")
     print(f"problem: rnn N={N} B={B} T={T} K={K} (P={info['problem']['P']})")
     for name, r in res.items():
         print(f"  {name:22s} wall median {r['wall_median_s'] * 1e3:8.1f} ms  min {r['wall_min_s'] * 1e3:8.1f} ms"
