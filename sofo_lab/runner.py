@@ -25,7 +25,7 @@ from sofo_lab.assemble import Setup, build
 from sofo_lab.errors import ConfigError, RunFailed
 from sofo_lab.loggers import JsonlLogger, WandbLogger
 from sofo_lab.reporting import format_metrics, plot_loss_curve, write_json_atomic
-from sofo_lab.system import count_params, rollout
+from sofo_lab.system import GeneratedBatch, StepInput, count_params, rollout
 
 
 class TrainState(NamedTuple):
@@ -49,14 +49,31 @@ def init_train_state(setup: Setup, seed: int, batch_size: int) -> TrainState:
                       carry, jnp.zeros((), jnp.int32))
 
 
+def training_batch(task, system, data_state, k_data, k_noise, batch_size: int):
+    """The iteration's batch: a ``GeneratedBatch`` when the task can generate step by step (then
+    the dynamics noise is drawn per step too), else the whole sampled ``Batch``."""
+    source = task.step_source(k_data, batch_size)
+    if source is None:
+        data_state, batch = task.next_batch(data_state, k_data, batch_size)
+        return data_state, batch._replace(noise=system.sample_noise(k_noise, batch.n_steps, batch_size))
+    task_state, task_step = source
+
+    def step_fn(state, t):
+        task_state, k_noise = state
+        task_state, (u, target, w) = task_step(task_state, t)
+        noise = system.sample_noise(jax.random.fold_in(k_noise, t), 1, batch_size)
+        return (task_state, k_noise), (StepInput(u, None if noise is None else noise[0]), target, w)
+
+    return data_state, GeneratedBatch((task_state, k_noise), step_fn, task.n_steps, batch_size)
+
+
 def make_train_step(setup: Setup, seed: int, batch_size: int):
     task, system, optimizer = setup.task, setup.system, setup.optimizer
     _, k_train, _, _ = _keys(seed)
 
     def train_step(ts: TrainState):
         k_data, k_noise, k_opt = jax.random.split(jax.random.fold_in(k_train, ts.iteration), 3)
-        data_state, batch = task.next_batch(ts.data_state, k_data, batch_size)
-        batch = batch._replace(noise=system.sample_noise(k_noise, batch.inputs.shape[0], batch_size))
+        data_state, batch = training_batch(task, system, ts.data_state, k_data, k_noise, batch_size)
         params, opt_state, carry, metrics = optimizer.update(ts.params, ts.opt_state, batch, k_opt, ts.carry)
         if hasattr(task, "online_metrics"):   # streams: running online scores (tasks/streams.py)
             data_state, extra = task.online_metrics(data_state, metrics, params)
@@ -79,7 +96,7 @@ def make_eval(setup: Setup, seed: int, batch_size: int):
     batch = task.eval_batch(k_batch, batch_size)
     if batch is None:
         return None, None
-    batch = batch._replace(noise=system.sample_noise(k_noise, batch.inputs.shape[0], batch_size))
+    batch = batch._replace(noise=system.sample_noise(k_noise, batch.n_steps, batch_size))
 
     @jax.jit
     def evaluate(params):

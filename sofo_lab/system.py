@@ -42,6 +42,69 @@ class Batch(NamedTuple):
     def xs(self) -> StepInput:
         return StepInput(self.inputs, self.noise)
 
+    @property
+    def n_steps(self) -> int:
+        return self.inputs.shape[0]
+
+    @property
+    def batch_size(self) -> int:
+        return self.inputs.shape[1]
+
+    @property
+    def dtype(self):
+        return self.targets.dtype
+
+    def scan(self, body, carry):
+        """``lax.scan`` of ``body(carry, (x_t, target_t, w_t))`` over the time steps."""
+        return jax.lax.scan(body, carry, (self.xs, self.targets, self.weights))
+
+    def materialize(self) -> Batch:
+        return self
+
+
+@jax.tree_util.register_pytree_node_class
+class GeneratedBatch:
+    """A batch produced one step at a time inside the consumer's scan: no array of length T exists.
+
+    ``step_fn(state, t) -> (state, (x_t: StepInput, target_t [B, O], w_t))`` generates step ``t``
+    from a small generator state (a task's latent variables and keys). Consumers call ``scan``
+    exactly as on a ``Batch``, so a forward-mode optimizer's memory stays constant in the horizon
+    with the data included; ``materialize()`` builds the equivalent ``Batch`` (identical values)
+    for methods that need the whole sequence (TBPTT's windows).
+    """
+
+    def __init__(self, state, step_fn, n_steps: int, batch_size: int):
+        self.state, self.step_fn = state, step_fn
+        self.n_steps, self.batch_size = int(n_steps), int(batch_size)
+
+    def tree_flatten(self):
+        return (self.state,), (self.step_fn, self.n_steps, self.batch_size)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        return cls(children[0], *aux)
+
+    @property
+    def dtype(self):
+        _, (_, target, _) = jax.eval_shape(self.step_fn, self.state, jnp.zeros((), jnp.int32))
+        return target.dtype
+
+    def scan(self, body, carry):
+        # The step counter rides in the carry (no xs): nothing the scan reads grows with T.
+        def outer(c, _):
+            inner, gen, t = c
+            gen, xs = self.step_fn(gen, t)
+            inner, out = body(inner, xs)
+            return (inner, gen, t + 1), out
+
+        (carry, _, _), outs = jax.lax.scan(outer, (carry, self.state, jnp.zeros((), jnp.int32)), None,
+                                           length=self.n_steps)
+        return carry, outs
+
+    def materialize(self) -> Batch:
+        _, (x, targets, weights) = self.scan(lambda c, xs: (c, xs), None)
+        return Batch(x.u, targets, weights, x.noise)
+
 
 class ModelSystem:
     """A recurrent model with a loss: the system of an open-loop task."""
@@ -63,14 +126,14 @@ class ModelSystem:
 
 
 def rollout(system, params: Params, state0: State, batch: Batch):
-    """Run the system over the batch. Returns ``(state_T, ys [T,B,O], losses [T])``."""
+    """Run the system over the batch (a ``Batch`` or ``GeneratedBatch``). Returns ``(state_T, ys [T,B,O], losses [T])``."""
 
     def body(state, xs):
         x, target, w = xs
         state, y = system.step(params, state, x)
         return state, (y, system.loss.value(y, target, w))
 
-    state, (ys, losses) = jax.lax.scan(body, state0, (batch.xs, batch.targets, batch.weights))
+    state, (ys, losses) = batch.scan(body, state0)
     return state, ys, losses
 
 

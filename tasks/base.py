@@ -55,6 +55,16 @@ class Task:
     def sample(self, key, batch_size: int) -> Batch:
         raise TypeError(f"{type(self).__name__} is a streaming task: use next_batch")
 
+    def step_source(self, key, batch_size: int):
+        """Optional: the same draw as ``sample(key, batch_size)``, one step at a time.
+
+        Returns ``(state, step_fn)`` with ``step_fn(state, t) -> (state, (u_t [B, I], target_t,
+        w_t))``; the runner then trains on a ``GeneratedBatch`` and nothing of length T is ever
+        stored (forward-mode optimizers keep memory constant in the horizon, data included).
+        ``None`` (the default): the task only samples whole batches.
+        """
+        return None
+
     def init_data(self, key, batch_size: int):
         return ()
 

@@ -57,38 +57,50 @@ class Kalman(Task):
         u = lambda k, r: jax.random.uniform(k, shape, minval=r[0], maxval=r[1])
         return u(k1, self.tau_range), u(k2, self.drift_range), u(k3, self.obs_noise_range)
 
-    def latents(self, key, batch_size: int) -> KalmanLatents:
+    def _start(self, key, batch_size: int):
+        """Generator state at t = 0: the first segment's parameters, x_0, the oracle's prior."""
         B = batch_size
         k_init, k_x0, k_steps = jax.random.split(key, 3)
         tau, b, beta = self._draw(k_init, (B,))
         x0 = b + jax.random.normal(k_x0, (B,))
-
-        def body(carry, key_t):
-            x, tau, b, beta, age, m, p, first = carry
-            k_sw, k_new, k_xn, k_eps, k_obs = jax.random.split(key_t, 5)
-            # Switch before emitting step t (never at t = 0).
-            switch = (~first) & (age >= self.min_segment) & (
-                jax.random.uniform(k_sw, (B,)) < self.switch_prob)
-            tau_n, b_n, beta_n = self._draw(k_new, (B,))
-            x_fresh = b_n + jax.random.normal(k_xn, (B,))
-            sigma = jnp.sqrt(2.0 / tau - 1.0 / tau**2)
-            x_next = x + (b - x) / tau + sigma * jax.random.normal(k_eps, (B,))
-            x = jnp.where(first, x, jnp.where(switch, x_fresh, x_next))
-            m_pred = jnp.where(first | switch, jnp.where(switch, b_n, b), m + (b - m) / tau)
-            p_pred = jnp.where(first | switch, 1.0, (1.0 - 1.0 / tau) ** 2 * p + sigma**2)
-            tau, b, beta = (jnp.where(switch, new, old) for new, old in
-                            ((tau_n, tau), (b_n, b), (beta_n, beta)))
-            age = jnp.where(switch, 0, age + 1)
-            y = x + beta * jax.random.normal(k_obs, (B,))
-            gain = p_pred / (p_pred + beta**2)
-            m = m_pred + gain * (y - m_pred)
-            p = (1.0 - gain) * p_pred
-            out = (x, y, m, switch.astype(x.dtype))
-            return (x, tau, b, beta, age, m, p, jnp.zeros_like(first)), out
-
         carry = (x0, tau, b, beta, jnp.zeros(B, jnp.int32), b, jnp.ones(B), jnp.ones(B, bool))
-        _, (x, y, m, switch) = jax.lax.scan(body, carry, jax.random.split(k_steps, self.n_steps))
+        return carry, k_steps
+
+    def _step(self, state, t):
+        """Step t of the latent, the observation and the oracle filter: ``(x, y, m, switch)``."""
+        (x, tau, b, beta, age, m, p, first), k_steps = state
+        B = x.shape
+        # Keys by step number (not a split of T keys): the same draw whole or step by step.
+        k_sw, k_new, k_xn, k_eps, k_obs = jax.random.split(jax.random.fold_in(k_steps, t), 5)
+        # Switch before emitting step t (never at t = 0).
+        switch = (~first) & (age >= self.min_segment) & (jax.random.uniform(k_sw, B) < self.switch_prob)
+        tau_n, b_n, beta_n = self._draw(k_new, B)
+        x_fresh = b_n + jax.random.normal(k_xn, B)
+        sigma = jnp.sqrt(2.0 / tau - 1.0 / tau**2)
+        x_next = x + (b - x) / tau + sigma * jax.random.normal(k_eps, B)
+        x = jnp.where(first, x, jnp.where(switch, x_fresh, x_next))
+        m_pred = jnp.where(first | switch, jnp.where(switch, b_n, b), m + (b - m) / tau)
+        p_pred = jnp.where(first | switch, 1.0, (1.0 - 1.0 / tau) ** 2 * p + sigma**2)
+        tau, b, beta = (jnp.where(switch, new, old) for new, old in ((tau_n, tau), (b_n, b), (beta_n, beta)))
+        age = jnp.where(switch, 0, age + 1)
+        y = x + beta * jax.random.normal(k_obs, B)
+        gain = p_pred / (p_pred + beta**2)
+        m = m_pred + gain * (y - m_pred)
+        p = (1.0 - gain) * p_pred
+        carry = (x, tau, b, beta, age, m, p, jnp.zeros_like(first))
+        return (carry, k_steps), (x, y, m, switch.astype(x.dtype))
+
+    def latents(self, key, batch_size: int) -> KalmanLatents:
+        _, (x, y, m, switch) = jax.lax.scan(self._step, self._start(key, batch_size),
+                                            jnp.arange(self.n_steps))
         return KalmanLatents(x, y, m, switch)
+
+    def step_source(self, key, batch_size: int):
+        def step(state, t):
+            state, (x, y, _, _) = self._step(state, t)
+            return state, (y[:, None], x[:, None], jnp.full(x.shape, 1.0 / self.n_steps))
+
+        return self._start(key, batch_size), step
 
     def sample(self, key, batch_size: int) -> Batch:
         lat = self.latents(key, batch_size)

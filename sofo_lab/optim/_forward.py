@@ -244,7 +244,7 @@ def forward_sketch(system, params, tangents, batch, carry, *, with_ggn: bool = T
     """
     stepper = stepper or stepper_for(system)
     loss_fn = system.loss
-    B = batch.inputs.shape[1]
+    B = batch.batch_size
     K = jax.tree.leaves(tangents)[0].shape[0]
     tangents = sharding.constrain(tangents, 0)
 
@@ -275,8 +275,7 @@ def forward_sketch(system, params, tangents, batch, carry, *, with_ggn: bool = T
                 ggn = ggn + g_t.astype(ACC)
         return (state, dstate, (loss, cvec, ggn)), None
 
-    (state, _, (loss, cvec, ggn)), _ = jax.lax.scan(
-        body, (state0, dstate0, acc0), (batch.xs, batch.targets, batch.weights))
+    (state, _, (loss, cvec, ggn)), _ = batch.scan(body, (state0, dstate0, acc0))
     if with_ggn:
         with _x64():
             ggn = 0.5 * (ggn + ggn.T)

@@ -29,7 +29,7 @@ def bptt(system, transform: optax.GradientTransformation) -> Optimizer:
 
     def update_fn(params, state, batch, key, carry):
         del key
-        batch_size = batch.inputs.shape[1]
+        batch_size = batch.batch_size
 
         def loss_fn(p):
             final, _, losses = rollout(system, p, initial_state(system, p, carry, batch_size), batch)

@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 
 from sofo_lab.errors import ConfigError
 from sofo_lab.optim.base import Optimizer
-from sofo_lab.optim.uoro import (batch_size_of, chars_transform, positive_int, scan_inputs,
+from sofo_lab.optim.uoro import (batch_size_of, chars_transform, positive_int,
                                  step_with_loss, tree_zeros)
 from sofo_lab.system import initial_state
 
@@ -92,12 +92,11 @@ def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int,
         return (params, inner, state, jac, g_sum, steps), (loss, jnp.linalg.norm(g_flat))
 
     def update_fn(params, opt_state, batch, key, carry):
-        B = batch.inputs.shape[1]
+        B = batch.batch_size
         state = initial_state(system, params, carry, B)
         jac = opt_state.jacobian if carry is not None else jnp.zeros_like(opt_state.jacobian)
         init = (params, opt_state.inner, state, jac, opt_state.grad_sum, opt_state.steps)
-        (params, inner, state, jac, g_sum, steps), (losses, g_norms) = jax.lax.scan(
-            body, init, scan_inputs(batch))
+        (params, inner, state, jac, g_sum, steps), (losses, g_norms) = batch.scan(body, init)
         metrics = {"loss": losses.sum(), "grad_norm": g_norms.mean()}
         return params, RtrlState(inner, jac, g_sum, steps), state, metrics
 

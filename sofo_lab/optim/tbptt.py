@@ -68,6 +68,7 @@ def tbptt(system, transform: optax.GradientTransformation, *, truncation: int,
 
     def update_fn(params, opt_state, batch, key, carry):
         del key
+        batch = batch.materialize()   # windows slice the whole sequence
         T, B = batch.inputs.shape[:2]
         k = min(truncation, T)
         n_full, rest = divmod(T, k)

@@ -98,10 +98,6 @@ def step_with_loss(system, x, target, w):
     return f
 
 
-def scan_inputs(batch):
-    return (batch.xs, batch.targets, batch.weights)
-
-
 # --- UORO -------------------------------------------------------------------------------------
 
 
@@ -151,15 +147,14 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
         return (params, inner, new_state, s_t, th_t, g_sum, steps, key, loss_sum + loss), None
 
     def update_fn(params, opt_state, batch, key, carry):
-        B = batch.inputs.shape[1]
+        B = batch.batch_size
         state = initial_state(system, params, carry, B)
         s_t, th_t = opt_state.s_tilde, opt_state.theta_tilde
         if carry is None:   # episodic: every trial starts afresh, so does the estimate
             s_t, th_t = tree_zeros(s_t), tree_zeros(th_t)
-        zero = jnp.zeros((), batch.targets.dtype)
+        zero = jnp.zeros((), batch.dtype)
         init = (params, opt_state.inner, state, s_t, th_t, opt_state.grad_sum, opt_state.steps, key, zero)
-        (params, inner, state, s_t, th_t, g_sum, steps, _, loss), _ = jax.lax.scan(
-            body, init, scan_inputs(batch))
+        (params, inner, state, s_t, th_t, g_sum, steps, _, loss), _ = batch.scan(body, init)
         metrics = {"loss": loss, "s_tilde_norm": tree_norm(s_t), "theta_tilde_norm": tree_norm(th_t)}
         return params, UoroState(inner, s_t, th_t, g_sum, steps), state, metrics
 
