@@ -138,7 +138,6 @@ def _run(cfg: DictConfig):
 
     from sofo_lab.runner import train
 
-    global _exit_code
     for noisy in ("jax", "matplotlib", "absl"):   # Hydra's logging config would show their INFO lines
         logging.getLogger(noisy).setLevel(logging.WARNING)
     hc = HydraConfig.get()

@@ -27,7 +27,6 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from sofo_lab.errors import ConfigError
-from sofo_lab.system import Batch
 from tasks.motor_common import MotorTask
 
 
@@ -44,11 +43,7 @@ class DoubleReach(MotorTask):
         super().__init__(n_steps=n_steps, dt=dt, tau=tau, private_noise=private_noise, idle=idle, delay=delay,
                          gap=gap, free=free, **kwargs)
 
-    def sample(self, key, batch_size: int) -> Batch:
-        lat = self.latents(key, batch_size)
-        t = jnp.arange(self.n_steps)[:, None, None]
-        holds = (t < lat.go[None]).astype(jnp.float32)               # [T, B, 2]
-        shown = self.target_inputs(lat)                             # [T, B, 2, 2]
-        inputs = jnp.concatenate([holds, shown.reshape(*shown.shape[:2], 4)], axis=-1)
-        targets, weights = self.loss_terms(lat)
-        return Batch(inputs=inputs, targets=targets, weights=weights, extras=lat)
+    def inputs_at(self, lat, t):
+        holds = (t[:, None, None] < lat.go[None]).astype(jnp.float32)   # [T', B, 2]
+        shown = self.target_inputs(lat, t)                             # [T', B, 2, 2]
+        return jnp.concatenate([holds, shown.reshape(*shown.shape[:2], 4)], axis=-1)

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from sofo_lab.errors import ConfigError
+from sofo_lab.system import Batch
 from tasks.arm import ArmSystem, make_arm, start_hand
 from tasks.base import Task
 
@@ -144,11 +145,30 @@ class MotorTask(Task):
         targets = self.sample_targets(k_targets, (batch_size, self.n_moves))
         return MotorLatents(go, shown, targets, go + self.free_steps)
 
-    def loss_terms(self, lat: MotorLatents):
-        """Targets ``[T, B, 6]`` and weights ``[T, B, 6]`` of the phases described above."""
+    # --- data: everything is a function of the trial's latents and the step index t [T'], so the
+    # same code gives the whole batch (t = 0..T-1) and one step (t = [t]) for GeneratedBatch.
+    def sample(self, key, batch_size: int) -> Batch:
+        lat = self.latents(key, batch_size)
+        return Batch(*self.arrays_at(lat, jnp.arange(self.n_steps)), extras=lat)
+
+    def step_source(self, key, batch_size: int):
+        def step(lat, t):
+            return lat, tuple(a[0] for a in self.arrays_at(lat, t[None]))
+
+        return self.latents(key, batch_size), step
+
+    def arrays_at(self, lat: MotorLatents, t):
+        """``(inputs [T', B, I], targets, weights)`` at the steps ``t [T']``."""
+        return (self.inputs_at(lat, t), *self.loss_terms(lat, t))
+
+    def inputs_at(self, lat: MotorLatents, t):
+        raise NotImplementedError(f"{type(self).__name__} must define inputs_at(lat, t) -> [T', B, I]")
+
+    def loss_terms(self, lat: MotorLatents, t):
+        """Targets ``[T', B, 6]`` and weights ``[T', B, 6]`` at steps ``t`` of the phases described above."""
         T, B = self.n_steps, lat.go.shape[0]
-        t = jnp.arange(T)[:, None]
-        start = jnp.broadcast_to(jnp.asarray(self.start), (T, B, 2))
+        t = t[:, None]
+        start = jnp.broadcast_to(jnp.asarray(self.start), (t.shape[0], B, 2))
         position, w = start, jnp.where(t < lat.go[None, :, 0], self.weights["hold"], 0.0)
         for k in range(self.n_moves):
             begin = lat.window_end[None, :, k]
@@ -156,15 +176,15 @@ class MotorTask(Task):
             on = (t >= begin) & (t < end)
             position = jnp.where(on[..., None], lat.targets[None, :, k], position)
             w = jnp.where(on, self.weights["target"], w)
-        targets = jnp.concatenate([position, jnp.zeros((T, B, 4))], axis=-1)
+        targets = jnp.concatenate([position, jnp.zeros((t.shape[0], B, 4))], axis=-1)
         w = w[..., None] * jnp.asarray([1.0, 1.0, self.weights["velocity"], self.weights["velocity"], 0.0, 0.0])
         w = w + jnp.asarray([0.0] * 4 + [self.weights["effort"]] * 2)
         return targets, w * (self.weights["scale"] / T)
 
-    def target_inputs(self, lat: MotorLatents):
-        """Each target's displacement from the start in units of ``radius[1]``, ``[T, B, M, 2]``,
+    def target_inputs(self, lat: MotorLatents, t):
+        """Each target's displacement from the start in units of ``radius[1]``, ``[T', B, M, 2]``,
         shown from ``shown`` until the first go cue, zero before and after."""
-        t = jnp.arange(self.n_steps)[:, None]
+        t = t[:, None]
         visible = (t >= lat.shown[None]) & (t < lat.go[None, :, 0])
         rel = (lat.targets - jnp.asarray(self.start)) / self.radius[1]
         return jnp.where(visible[..., None, None], rel[None], 0.0)

@@ -23,7 +23,6 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from sofo_lab.system import Batch
 from tasks.motor_common import MotorTask
 
 
@@ -37,12 +36,8 @@ class Reach(MotorTask):
         super().__init__(n_steps=n_steps, dt=dt, tau=tau, private_noise=private_noise, idle=idle, delay=delay,
                          gap=0.0, free=free, **kwargs)
 
-    def sample(self, key, batch_size: int) -> Batch:
-        lat = self.latents(key, batch_size)
-        t = jnp.arange(self.n_steps)[:, None]
-        hold = (t < lat.go[None, :, 0]).astype(jnp.float32)
-        target = self.target_inputs(lat)[:, :, 0]                   # [T, B, 2]
-        inputs = jnp.concatenate([hold[..., None], target], axis=-1)
-        targets, weights = self.loss_terms(lat)
-        return Batch(inputs=inputs, targets=targets, weights=weights, extras=lat)
+    def inputs_at(self, lat, t):
+        hold = (t[:, None] < lat.go[None, :, 0]).astype(jnp.float32)   # [T', B]
+        target = self.target_inputs(lat, t)[:, :, 0]                   # [T', B, 2]
+        return jnp.concatenate([hold[..., None], target], axis=-1)
 
