@@ -8,7 +8,8 @@ to 100k. Nothing runs: each jitted step is compiled for abstract shapes (jax.Sha
 XLA's memory_analysis() gives its memory. Two numbers per point:
 
 - ``step``: the whole jitted train step the runner executes (temp + arguments + outputs − aliased),
-  the batch of T steps sampled inside it included; the batch grows with T for every method;
+  ``summary.json``'s ``step_memory_bytes``; kalman generates its batch step by step inside the
+  optimizer's scan (``GeneratedBatch``), so for SOFO and UORO nothing in it grows with T;
 - ``update_temp``: the optimizer's working memory beyond its inputs: temp bytes of
   ``optimizer.update`` with the batch passed in. Flat in T for forward-mode methods (SOFO, UORO:
   they carry tangents, store nothing per step), linear for BPTT (it stores every step's state).
@@ -134,7 +135,7 @@ def main() -> None:
     for m in methods:
         s = slopes[m]
         print(f"  {m:<6} update temp {s['update_temp_bytes']:>10.1f}   whole step {s['step_bytes'] or 0:>10.1f}"
-              f"   (the sampled batch alone: {s['batch_bytes']:.1f})")
+              f"   (a materialized batch: {s['batch_bytes']:.1f})")
     result = {"benchmark": "memory_vs_horizon", "task": "kalman", "model": "rnn", "n_hidden": n_hidden,
               "batch_size": batch, "sofo_n_tangents": 32, "tbptt_truncation": 16, "horizons": list(horizons),
               "methods": methods, "points": points, "slopes": slopes, "quick": args.quick,
