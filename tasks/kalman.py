@@ -70,7 +70,8 @@ class Kalman(Task):
         """Step t of the latent, the observation and the oracle filter: ``(x, y, m, switch)``."""
         (x, tau, b, beta, age, m, p, first), k_steps = state
         B = x.shape
-        # Keys by step number (not a split of T keys): the same draw whole or step by step.
+        # Keys by step number: the same draw whole or step by step (and, with JAX's default
+        # partitionable threefry, the same keys as split(k_steps, T)[t]).
         k_sw, k_new, k_xn, k_eps, k_obs = jax.random.split(jax.random.fold_in(k_steps, t), 5)
         # Switch before emitting step t (never at t = 0).
         switch = (~first) & (age >= self.min_segment) & (jax.random.uniform(k_sw, B) < self.switch_prob)
