@@ -18,7 +18,7 @@ def machine() -> dict:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    except OSError:
+    except OSError:   # no /proc (macOS): keep platform's answer
         pass
     dev = jax.devices()[0]
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "cores": os.cpu_count(), "device": str(dev.device_kind),

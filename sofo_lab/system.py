@@ -126,7 +126,9 @@ class ModelSystem:
 
 
 def rollout(system, params: Params, state0: State, batch: Batch):
-    """Run the system over the batch (a ``Batch`` or ``GeneratedBatch``). Returns ``(state_T, ys [T,B,O], losses [T])``."""
+    """Run the system over a ``Batch`` or ``GeneratedBatch``.
+
+    Returns ``(state_T, ys [T,B,O], losses [T])``."""
 
     def body(state, xs):
         x, target, w = xs

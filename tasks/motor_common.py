@@ -162,6 +162,7 @@ class MotorTask(Task):
         return (self.inputs_at(lat, t), *self.loss_terms(lat, t))
 
     def inputs_at(self, lat: MotorLatents, t):
+        # Each task names its own input channels (tasks/reach.py, tasks/double_reach.py).
         raise NotImplementedError(f"{type(self).__name__} must define inputs_at(lat, t) -> [T', B, I]")
 
     def loss_terms(self, lat: MotorLatents, t):

@@ -75,12 +75,13 @@ class CharStream(Task):
 
     output_names = input_names
 
-    # --- generator interface ---------------------------------------------------------------
+    # --- generator interface: each grammar (tasks/anbn.py, tasks/brackets.py) defines these two;
+    # the base class has no generator of its own, so calling them here is a programming error.
     def init_gen(self, key, batch_size: int):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define init_gen(key, B) -> generator state")
 
     def emit(self, gen, key):
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define emit(gen, key) -> (gen, symbols [B])")
 
     def symbols(self, gen, key, n: int):
         """``n`` symbols ``[n, B]`` from generator state ``gen``; returns ``(gen, symbols)``."""
