@@ -48,10 +48,33 @@ def compiled_flops(compiled) -> float | None:
     return float(flops) if flops is not None and flops >= 0 else None
 
 
-def device_peak_bytes() -> int | None:
-    stats = jax.devices()[0].memory_stats() or {}
-    peak = stats.get("peak_bytes_in_use")
-    return int(peak) if peak is not None else None
+class DevicePeak:
+    """Per-device allocator peak of one run (GPU; CPU backends report none).
+
+    The allocator's ``peak_bytes_in_use`` is a running maximum over the whole process, so a second
+    run in the same process (a sequential sweep) cannot read its own peak directly. ``start()``
+    records each device's peak before the run; afterwards a device whose peak grew reports the new
+    peak (exact: it was reached during this run), and one whose peak did not grow reports the old
+    peak as an upper bound (``device_peak_is_upper_bound``).
+    """
+
+    def __init__(self):
+        self.before = [self._peak(d) for d in jax.local_devices()]
+
+    @staticmethod
+    def _peak(device):
+        stats = device.memory_stats() or {}
+        peak = stats.get("peak_bytes_in_use")
+        return int(peak) if peak is not None else None
+
+    def result(self) -> dict:
+        after = [self._peak(d) for d in jax.local_devices()]
+        if all(a is None for a in after):
+            return {"device_peak_bytes": None, "device_peak_bytes_per_device": None}
+        bound = any(a is not None and b is not None and a <= b for a, b in zip(after, self.before)) \
+            and any(b for b in self.before)
+        return {"device_peak_bytes": max(a for a in after if a is not None),
+                "device_peak_bytes_per_device": after, "device_peak_is_upper_bound": bool(bound)}
 
 
 def host_peak_rss_bytes() -> int:

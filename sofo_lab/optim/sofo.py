@@ -11,18 +11,34 @@ Each iteration, with a fresh key (independent of the data key):
 G is the exact generalized Gauss-Newton matrix of the reported loss (sofo_lab/losses.py), so
 ``lr = 1`` is the full damped Gauss-Newton step inside span(V). Memory is constant in T.
 
+Adaptive damping (``adaptive_damping=True``, Levenberg-Marquardt as in Martens 2010, §4.1):
+the quadratic model in the subspace predicts the decrease of the step actually taken,
+``Δ = −a V z`` (``a`` = the step's length along ``V z``, η for plain SGD),
+
+    predicted = a Cᵀz − ½ a² zᵀ G̃ z,    actual = L(θ) − L(θ + Δ)   (same batch, same noise)
+    ρ = actual / predicted:   ρ > ¾: λ ← λ·⅔      ρ < ¼: λ ← λ·3/2
+
+one extra primal pass (no tangents). A step that raises the loss on its own batch (or makes
+it non-finite) is rejected: θ and the optax state stay, λ grows by 3/2 ... until a step is
+accepted, which keeps a closed loop that a small λ would blow up from diverging. λ stays in
+``[damping_min, damping_max]``.
+
 Metrics: ``loss``, ``sofo/top_eigenvalue`` (s_max), ``sofo/condition_number`` (s_max / s_min of
 G̃, with s_min floored at 1e-16·s_max), ``sofo/damped_condition_number``, ``sofo/projected_grad_norm``
-(‖C‖), ``update_norm``.
+(‖C‖), ``sofo/effective_dim`` (Σ s/(s + λ s_max): how many of the K directions the damped step
+really uses), ``sofo/damping`` (λ), ``update_norm``; with adaptive damping also ``sofo/rho`` and
+``sofo/accepted``.
 
 References:
     Yu, Xia, Ma, Lengyel, Hennequin. Second-order forward-mode optimization of recurrent neural
     networks for neuroscience. NeurIPS 2024 (Alg. 1).
+    Martens. Deep learning via Hessian-free optimization. ICML 2010 (§4.1, Levenberg-Marquardt).
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -30,7 +46,7 @@ from sofo_lab.errors import ConfigError
 from sofo_lab.optim import _forward
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.system import tree_norm
+from sofo_lab.system import initial_state, rollout, tree_norm
 
 
 def damped_solve(ggn, c, damping: float):
@@ -45,46 +61,88 @@ def damped_solve(ggn, c, damping: float):
     return z, s
 
 
-def curvature_metrics(s, damping: float) -> dict:
+def curvature_metrics(s, damping) -> dict:
     with _forward._x64():
         s_max, s_min = jnp.max(s), jnp.min(s)
+        used = jnp.sum(s / jnp.where(s + damping * s_max > 0, s + damping * s_max, 1.0))
         floor = jnp.maximum(s_min, 1e-16 * s_max)
         cond = jnp.where(s_max > 0, s_max / jnp.where(floor > 0, floor, 1.0), 1.0)
         damped = jnp.where(s_max > 0, (1 + damping) * s_max / jnp.where(s_min + damping * s_max > 0,
                                                                           s_min + damping * s_max, 1.0), 1.0)
         return {"sofo/top_eigenvalue": s_max.astype(jnp.float32),
+                "sofo/effective_dim": used.astype(jnp.float32),
                 "sofo/condition_number": cond.astype(jnp.float32),
                 "sofo/damped_condition_number": damped.astype(jnp.float32)}
 
 
 class SofoState(NamedTuple):
     inner: optax.OptState
+    damping: jax.Array       # λ in use (float32 scalar); constant unless adaptive_damping
+
+
+LM_LOWER, LM_UPPER, LM_SHRINK, LM_GROW = 0.25, 0.75, 2.0 / 3.0, 1.5   # Martens (2010) §4.1
+
+
+def _tree_vdot(a, b):
+    with _forward._x64():
+        return sum(jnp.vdot(x.astype(jnp.float64), y.astype(jnp.float64))
+                   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
 def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-3,
          orthonormalize: bool = False, sharding: _forward.LaneSharding = _forward.LaneSharding(),
-         fast: bool = True) -> Optimizer:
+         fast: bool = True, adaptive_damping: bool = False, damping_min: float = 1e-6,
+         damping_max: float = 1.0) -> Optimizer:
     """SOFO with ``transform`` (an optax transformation) applied to the direction ``V z``."""
     stepper = _forward.stepper_for(system, fast=fast)
 
     def init_fn(params):
-        return SofoState(transform.init(params))
+        return SofoState(transform.init(params), jnp.asarray(damping, jnp.float32))
 
     def update_fn(params, state, batch, key, carry):
         tangents = _forward.sample_tangents(key, params, n_tangents, orthonormalize)
         sketch = _forward.forward_sketch(system, params, tangents, batch, carry, stepper=stepper,
                                          sharding=sharding)
-        z, s = damped_solve(sketch.ggn, sketch.c, damping)
+        lam = state.damping
+        z, s = damped_solve(sketch.ggn, sketch.c, lam)
         direction = _forward.combine(tangents, z)
         updates, inner = transform.update(direction, state.inner, params)
-        params = optax.apply_updates(params, updates)
+        new_params = optax.apply_updates(params, updates)
         with _forward._x64():
             c_norm = jnp.sqrt(jnp.sum(sketch.c ** 2)).astype(jnp.float32)
-        metrics = {"loss": sketch.loss.astype(jnp.float32), **curvature_metrics(s, damping),
-                   "sofo/projected_grad_norm": c_norm, "update_norm": tree_norm(updates)}
-        return params, SofoState(inner), sketch.final_state, metrics
+        metrics = {"loss": sketch.loss.astype(jnp.float32), **curvature_metrics(s, lam),
+                   "sofo/projected_grad_norm": c_norm, "sofo/damping": lam}
+        if adaptive_damping:
+            new_params, inner, lam, lm = _levenberg_marquardt(
+                system, params, new_params, state.inner, inner, updates, direction, z, sketch, batch, carry, lam)
+            updates = jax.tree.map(jnp.subtract, new_params, params)
+            lam = jnp.clip(lam, damping_min, damping_max)
+            metrics.update(lm)
+        metrics["update_norm"] = tree_norm(updates)
+        return new_params, SofoState(inner, lam.astype(jnp.float32)), sketch.final_state, metrics
 
     return Optimizer(init_fn, update_fn)
+
+
+def _levenberg_marquardt(system, params, new_params, old_inner, inner, updates, direction, z, sketch, batch,
+                         carry, lam):
+    """Compare the subspace model's predicted decrease with the actual one; adapt λ, reject bad steps."""
+    B = batch.batch_size
+    _, _, losses = rollout(system, new_params, initial_state(system, new_params, carry, B), batch)
+    with _forward._x64():
+        new_loss = jnp.sum(losses.astype(jnp.float64))
+        dd = _tree_vdot(direction, direction)
+        a = -_tree_vdot(updates, direction) / jnp.where(dd > 0, dd, 1.0)      # Δ = −a V z
+        predicted = a * jnp.dot(sketch.c, z) - 0.5 * a**2 * jnp.dot(z, sketch.ggn @ z)
+        actual = sketch.loss - new_loss
+        rho = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1.0), -1.0)
+        accept = jnp.isfinite(new_loss) & (actual >= 0)
+        rho = jnp.where(jnp.isfinite(rho), rho, -1.0)
+    factor = jnp.where(rho > LM_UPPER, LM_SHRINK, jnp.where(rho < LM_LOWER, LM_GROW, 1.0))
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)  # noqa: E731
+    metrics = {"sofo/rho": rho.astype(jnp.float32), "sofo/accepted": accept.astype(jnp.float32),
+               "sofo/predicted_decrease": predicted.astype(jnp.float32)}
+    return keep(new_params, params), keep(inner, old_inner), lam * factor, metrics
 
 
 def check_tangents(cfg, system, prefix: str = "optim") -> tuple[int, bool]:
@@ -126,6 +184,13 @@ def from_config(cfg, system, *, episodic, iterations, n_steps):
             or damping == float("inf"):
         raise ConfigError("optim.damping", damping, "must be a finite number >= 0 (relative to G̃'s top eigenvalue)")
     fast = check_flag(cfg, "fast", True)
+    adaptive = check_flag(cfg, "adaptive_damping", False)
+    bounds = cfg.get("damping_range", [1e-6, 1.0])
+    if not (isinstance(bounds, (list, tuple)) or hasattr(bounds, "__len__")) or len(bounds) != 2 \
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds) \
+            or not 0 < bounds[0] <= bounds[1] < float("inf"):
+        raise ConfigError("optim.damping_range", bounds, "must be [min, max] with 0 < min <= max (adaptive λ bounds)")
     transform = make_transform(_with_sgd_default(cfg), iterations)
     return sofo(system, transform, n_tangents=k, damping=float(damping), orthonormalize=ortho,
-                sharding=_forward.lane_sharding(cfg.get("shard", "auto"), k), fast=fast)
+                sharding=_forward.lane_sharding(cfg.get("shard", "auto"), k), fast=fast,
+                adaptive_damping=adaptive, damping_min=float(bounds[0]), damping_max=float(bounds[1]))
