@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from sofo_lab.errors import ConfigError
 from sofo_lab.models import MODELS
 from sofo_lab.optim import build_optimizer
-from tasks import task_class
+from sofo_lab.tasks import task_class
 
 RUN_INTS = ("iterations", "batch_size", "log_every", "eval_every", "checkpoint_every")
 

@@ -2,12 +2,12 @@
 import importlib
 
 TASKS = {
-    "kalman": "tasks.kalman:Kalman",
-    "reach": "tasks.reach:Reach",
-    "double_reach": "tasks.double_reach:DoubleReach",
-    "influence": "tasks.influence:Influence",
-    "brackets": "tasks.brackets:Brackets",
-    "anbn": "tasks.anbn:AnBn",
+    "kalman": "sofo_lab.tasks.kalman:Kalman",
+    "reach": "sofo_lab.tasks.reach:Reach",
+    "double_reach": "sofo_lab.tasks.double_reach:DoubleReach",
+    "influence": "sofo_lab.tasks.influence:Influence",
+    "brackets": "sofo_lab.tasks.brackets:Brackets",
+    "anbn": "sofo_lab.tasks.anbn:AnBn",
 }
 
 

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from sofo_lab.errors import ConfigError
-from tasks.streams import CharStream, check_n_steps
+from sofo_lab.tasks.streams import CharStream, check_n_steps
 
 NEWLINE, A, B_ = 0, 1, 2
 

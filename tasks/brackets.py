@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from sofo_lab.errors import ConfigError
-from tasks.streams import CharStream, check_n_steps
+from sofo_lab.tasks.streams import CharStream, check_n_steps
 
 
 class BracketsGen(NamedTuple):

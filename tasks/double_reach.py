@@ -27,7 +27,7 @@ from typing import ClassVar
 import jax.numpy as jnp
 
 from sofo_lab.errors import ConfigError
-from tasks.motor_common import MotorTask
+from sofo_lab.tasks.motor_common import MotorTask
 
 
 class DoubleReach(MotorTask):

@@ -26,8 +26,8 @@ import numpy as np
 from sofo_lab.errors import ConfigError
 from sofo_lab.losses import LOSSES
 from sofo_lab.system import Batch
-from tasks.streams import check_n_steps
-from tasks.base import Task
+from sofo_lab.tasks.streams import check_n_steps
+from sofo_lab.tasks.base import Task
 
 
 class InfluenceSystem:

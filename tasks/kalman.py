@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from sofo_lab.errors import ConfigError
 from sofo_lab.system import Batch
-from tasks.base import Task
+from sofo_lab.tasks.base import Task
 
 
 class KalmanLatents(NamedTuple):

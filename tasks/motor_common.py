@@ -29,8 +29,8 @@ import numpy as np
 
 from sofo_lab.errors import ConfigError
 from sofo_lab.system import Batch
-from tasks.arm import ArmSystem, make_arm, start_hand
-from tasks.base import Task
+from sofo_lab.tasks.arm import ArmSystem, make_arm, start_hand
+from sofo_lab.tasks.base import Task
 
 TORQUE_OUTPUTS = ("torque_1", "torque_2")
 

@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from tasks.motor_common import MotorTask
+from sofo_lab.tasks.motor_common import MotorTask
 
 
 class Reach(MotorTask):

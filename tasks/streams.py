@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from sofo_lab.errors import ConfigError
 from sofo_lab.system import Batch
-from tasks.base import Task
+from sofo_lab.tasks.base import Task
 
 LN2 = math.log(2.0)
 

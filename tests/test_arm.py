@@ -12,7 +12,7 @@ from sofo_lab.errors import ConfigError
 from sofo_lab.losses import MeanSquaredError
 from sofo_lab.models import RateRNN
 from sofo_lab.system import StepInput
-from tasks.arm import (ArmParams, ArmSystem, acceleration, arm_step, hand, kinetic_energy, make_arm, mass_matrix,
+from sofo_lab.tasks.arm import (ArmParams, ArmSystem, acceleration, arm_step, hand, kinetic_energy, make_arm, mass_matrix,
                        start_hand, start_state)
 
 ARMS = [ArmParams(l2=0.30), ArmParams(l2=0.33)]

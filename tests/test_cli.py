@@ -158,3 +158,12 @@ def test_two_runs_started_together_get_different_directories(tmp_path):
     assert all(p.returncode == 0 for p in procs), outs
     dirs = sorted(tmp_path.glob("outputs/kalman-adam/*"))
     assert len(dirs) == 2 and all((d / "summary.json").is_file() for d in dirs)
+
+
+def test_a_tasks_py_in_the_working_directory_does_not_shadow_the_task_catalogue(tmp_path):
+    # `python -m` puts the working directory first on sys.path: a top-level `tasks` package
+    # would be this file. The catalogue is sofo_lab.tasks, so the run never imports it.
+    (tmp_path / "tasks.py").write_text("raise SystemExit('the user tasks.py was imported')\n")
+    out = run_cli([*TINY, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "run" / "summary.json").is_file()

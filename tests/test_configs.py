@@ -7,7 +7,7 @@ from omegaconf import OmegaConf
 from sofo_lab.assemble import build
 from sofo_lab.errors import ConfigError
 from sofo_lab.optim import OPTIMIZERS
-from tasks import TASKS, task_class
+from sofo_lab.tasks import TASKS, task_class
 from tests.conftest import TINY, compose_config, options
 
 

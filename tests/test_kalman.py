@@ -3,7 +3,7 @@ import jax
 import numpy as np
 
 from sofo_lab.runner import train
-from tasks.kalman import Kalman
+from sofo_lab.tasks.kalman import Kalman
 from tests.conftest import compose_config
 
 

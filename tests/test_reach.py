@@ -19,8 +19,8 @@ from sofo_lab.errors import ConfigError
 from sofo_lab.optim import OPTIMIZERS
 from sofo_lab.runner import init_train_state, make_train_step
 from sofo_lab.system import rollout
-from tasks.double_reach import DoubleReach
-from tasks.reach import Reach
+from sofo_lab.tasks.double_reach import DoubleReach
+from sofo_lab.tasks.reach import Reach
 from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]

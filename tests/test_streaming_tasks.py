@@ -10,10 +10,10 @@ import pytest
 
 from sofo_lab import checkpoint
 from sofo_lab.runner import train
-from tasks import anbn, brackets
-from tasks.anbn import AnBn
-from tasks.brackets import Brackets
-from tasks.streams import init_score, update_score
+from sofo_lab.tasks import anbn, brackets
+from sofo_lab.tasks.anbn import AnBn
+from sofo_lab.tasks.brackets import Brackets
+from sofo_lab.tasks.streams import init_score, update_score
 from tests.conftest import compose_config
 
 
