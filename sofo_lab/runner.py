@@ -115,6 +115,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     setup = build(cfg)
+    device_peak = profiling.DevicePeak()
     container = OmegaConf.to_container(cfg, resolve=True)
     B, iterations = cfg.batch_size, cfg.iterations
 
@@ -222,7 +223,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
             plots += setup.task.plot_history(str(run_dir), history)
 
     profile.update(profiling.step_time_stats(durations))
-    profile.update(device_peak_bytes=profiling.device_peak_bytes(),
+    profile.update(**device_peak.result(),
                    host_peak_rss_bytes=profiling.host_peak_rss_bytes(),
                    backend=jax.default_backend(), device=str(jax.devices()[0].device_kind))
     summary = {"status": status, "error": error, "iterations": int(ts.iteration), "resumed_from": resumed_from,
