@@ -169,7 +169,15 @@ def _report(message: str, code: int) -> None:
         traceback.print_exc()
 
 
+def _share_one_gpu(argv: list[str]) -> None:
+    """Parallel local runs share the machine's GPU: without this, the first JAX process would
+    pre-allocate 75 % of its memory and the others would fail (JAX's GPU memory allocation docs)."""
+    if any(a.replace(" ", "").endswith("launcher=local_parallel") for a in argv):
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+
 def main() -> None:
+    _share_one_gpu(sys.argv[1:])
     try:
         precheck(sys.argv[1:])
     except ConfigError as err:
