@@ -35,6 +35,8 @@ class DoubleReach(MotorTask):
     input_names: ClassVar[tuple[str, ...]] = ("hold_1", "hold_2", "target1_dx", "target1_dy",
                                               "target2_dx", "target2_dy")
     n_moves: ClassVar[int] = 2
+    solve_within: ClassVar[float] = 0.6
+    solve_hold_cm: ClassVar[float | None] = None
 
     def __init__(self, n_steps=200, dt=0.01, tau=0.02, private_noise=0.28, idle=(0.0, 0.0), delay=(0.2, 0.6),
                  gap=0.7, free=0.5, **kwargs):

@@ -62,6 +62,12 @@ class MotorTask(Task):
     loss_kind: ClassVar[str] = "mse"
     output_names: ClassVar[tuple[str, ...]] = ("hand_x", "hand_y", "hand_vx", "hand_vy") + TORQUE_OUTPUTS
     n_moves: ClassVar[int] = 1
+    # "Solved" (docs/motor.md): every movement ends within 1 cm of its target in at least
+    # solve_within of the trials, at most solve_moved_early of them move > 1 cm before the go cue,
+    # and (single reach) the mean hold error is at most solve_hold_cm.
+    solve_within: ClassVar[float] = 0.8
+    solve_moved_early: ClassVar[float] = 0.1
+    solve_hold_cm: ClassVar[float | None] = 1.0
 
     def __init__(self, n_steps=180, dt=0.01, tau=0.02, private_noise=0.28, idle=(0.1, 0.3), delay=(0.2, 0.6),
                  gap=0.0, free=0.5, final_hold=0.1, radius=(0.2, 0.5), angle_range=(-36.0, 216.0),
@@ -213,6 +219,12 @@ class MotorTask(Task):
         }
         if self.n_moves > 1:
             metrics.update({f"endpoint_error{k + 1}_cm": endpoint[:, k].mean() for k in range(self.n_moves)})
+            metrics.update({f"within_1cm{k + 1}": jnp.mean(endpoint[:, k] < 1.0) for k in range(self.n_moves)})
+        worst = jnp.min(jnp.mean(endpoint < 1.0, axis=0))                        # the worst movement
+        solved = (worst >= self.solve_within) & (metrics["moved_early"] <= self.solve_moved_early)
+        if self.solve_hold_cm is not None:
+            solved &= metrics["hold_error_cm"] <= self.solve_hold_cm
+        metrics["solved"] = solved.astype(jnp.float32)
         return metrics
 
     def describe(self, final: dict) -> str:
