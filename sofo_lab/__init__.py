@@ -1,2 +1,43 @@
-"""sofo-lab: train recurrent networks on neuroscience tasks with SOFO, UORO, Adam and TBPTT."""
+"""sofo-lab: train recurrent networks on neuroscience tasks with SOFO, UORO, Adam and TBPTT.
+
+The methods are also a library for your own model written as plain JAX functions
+(docs/library.md)::
+
+    import sofo_lab
+    opt = sofo_lab.sofo(step, "mse", init_state=jnp.zeros(64), learning_rate=0.3)
+
+Names are imported on first use, so ``sofo-run --help`` does not pay for JAX.
+"""
+import importlib
+
 __version__ = "0.1.0"
+
+_WHERE = {
+    # methods for plain functions (sofo_lab/library.py)
+    "sofo": "library", "fgd": "library", "uoro": "library", "rtrl": "library",
+    "value_and_sofo_direction": "library", "value_and_fgd_direction": "library",
+    "RecurrentOptimizer": "library", "RecurrentOptState": "library",
+    "make_system": "library", "make_batch": "library",
+    # per-step losses (sofo_lab/losses.py)
+    "MeanSquaredError": "losses", "SoftmaxCrossEntropy": "losses", "PerSampleLoss": "losses",
+    # running a system (sofo_lab/system.py)
+    "Batch": "system", "StepInput": "system", "Trajectory": "system", "simulate": "system",
+    "rollout": "system",
+    # trained runs as data (sofo_lab/runs.py, sofo_lab/checkpoint.py)
+    "Run": "runs", "load_run": "runs", "save_params_npz": "checkpoint", "load_params_npz": "checkpoint",
+    "ConfigError": "errors",
+}
+
+__all__ = ["__version__", *sorted(_WHERE)]
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f"sofo_lab.{_WHERE[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'sofo_lab' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

@@ -44,11 +44,11 @@ class Batch(NamedTuple):
 
     @property
     def n_steps(self) -> int:
-        return self.inputs.shape[0]
+        return jax.tree.leaves(self.inputs)[0].shape[0]   # inputs may be a pytree of [T, B, ...]
 
     @property
     def batch_size(self) -> int:
-        return self.inputs.shape[1]
+        return jax.tree.leaves(self.inputs)[0].shape[1]
 
     @property
     def dtype(self):
@@ -125,6 +125,16 @@ class ModelSystem:
         return self.model.sample_noise(key, n_steps, batch_size)
 
 
+def step_with_loss(system, x: StepInput, target, w):
+    """``f(θ, s) -> (ℓ, s')``: one system step and its per-step loss (UORO and RTRL differentiate it)."""
+
+    def f(params, state):
+        new_state, y = system.step(params, state, x)
+        return system.loss.value(y, target, w), new_state
+
+    return f
+
+
 def rollout(system, params: Params, state0: State, batch: Batch):
     """Run the system over a ``Batch`` or ``GeneratedBatch``.
 
@@ -139,16 +149,38 @@ def rollout(system, params: Params, state0: State, batch: Batch):
     return state, ys, losses
 
 
+class Trajectory(NamedTuple):
+    """What a system does on a batch, step by step (``simulate``)."""
+
+    states: State         # the full system state after each step, leaves [T, B, ...] (closed loop: net and plant)
+    outputs: jax.Array    # [T, B, O]: y_t, computed from states[t]
+    losses: jax.Array     # [T]: the per-step losses (their sum is the reported loss)
+
+
+def simulate(system, params: Params, batch: Batch, *, state: State | None = None, key=None) -> Trajectory:
+    """Run ``system`` over ``batch`` and keep every step's state, for analysis (PCA, tuning curves).
+
+    ``state``: the state before the first step (default: ``system.init_state``). ``key``: draw the
+    dynamics noise (``system.sample_noise``) when the batch holds none; without it a noisy model
+    runs noise-free. For a rate network the state is the pre-activation ``z``, the rates
+    ``φ(z)``; for a closed-loop task it is ``ArmState(net, arm)`` (sofo_lab/tasks/arm.py).
+    """
+    batch = batch.materialize()
+    if key is not None and batch.noise is None:
+        batch = batch._replace(noise=system.sample_noise(key, batch.n_steps, batch.batch_size))
+    state0 = system.init_state(params, batch.batch_size) if state is None else state
+
+    def body(state, xs):
+        x, target, w = xs
+        state, y = system.step(params, state, x)
+        return state, (state, y, system.loss.value(y, target, w))
+
+    _, (states, ys, losses) = batch.scan(body, state0)
+    return Trajectory(states, ys, losses)
+
+
 def initial_state(system, params: Params, carry: State | None, batch_size: int) -> State:
     """Episodic runs start from the (possibly learned) initial state; streams from the carry."""
     if carry is None:
         return system.init_state(params, batch_size)
     return jax.lax.stop_gradient(carry)
-
-
-def count_params(params: Params) -> int:
-    return int(sum(x.size for x in jax.tree.leaves(params)))
-
-
-def tree_norm(tree) -> jax.Array:
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)))

@@ -22,17 +22,19 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import optax
 
+from sofo_lab import checks
 from sofo_lab.optim import _forward
 from sofo_lab.optim.base import Optimizer
-from sofo_lab.optim.sofo import _with_sgd_default, check_flag, check_tangents
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.system import tree_norm
+from sofo_lab.tree import tree_norm
 
 
 def fgd_direction(tangents, c, n_params: int):
     """``(P/K) V C``: the unbiased forward-gradient estimate."""
     k = c.shape[0]
-    return _forward.combine(tangents, c * (n_params / k))
+    with _forward._x64():   # C is float64 (sofo_lab/optim/_forward.py): scale it where float64 exists
+        scaled = c * (n_params / k)
+    return _forward.combine(tangents, scaled)
 
 
 class FgdState(NamedTuple):
@@ -62,9 +64,10 @@ def fgd(system, transform: optax.GradientTransformation, *, n_tangents: int = 64
     return Optimizer(init_fn, update_fn)
 
 
-def from_config(cfg, system, *, episodic, iterations, n_steps):
+def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tangents, orthonormalize, shard,
+                fast, **update) -> Optimizer:
+    """``optim=fgd`` (conf/optim/fgd.yaml holds every default); ``update``: the optax keys."""
     del episodic, n_steps
-    k, ortho = check_tangents(cfg, system)
-    transform = make_transform(_with_sgd_default(cfg), iterations)
-    return fgd(system, transform, n_tangents=k, orthonormalize=ortho,
-               sharding=_forward.lane_sharding(cfg.get("shard", "auto"), k), fast=check_flag(cfg, "fast", True))
+    k, ortho = _forward.check_tangents(system, n_tangents, orthonormalize)
+    return fgd(system, make_transform(update, iterations), n_tangents=k, orthonormalize=ortho,
+               sharding=_forward.lane_sharding(shard, k), fast=checks.boolean("optim.fast", fast))
