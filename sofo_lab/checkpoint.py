@@ -1,24 +1,43 @@
-"""Atomic checkpoints of the whole training state.
+"""Verifiable atomic checkpoints of the whole training state, and the one before it.
 
 Plain files, not orbax: the state is a small pytree (params, optax state, stream state,
-carried network state) that must come back bit-for-bit on the same machine, and a pickle of
-host numpy arrays written to a temporary file, fsynced and ``os.replace``d over the old one
-does exactly that with no extra dependency or background threads. A crash at any moment
-leaves either the previous checkpoint or the new one, never a torn file.
+carried network state) that must come back bit-for-bit on the same machine. ``save`` pickles
+host numpy arrays and appends a trailer with the pickle's SHA-256 (``pickle.load`` stops at the
+pickle's end, so the file still reads as a plain pickle). It writes the new file to a fsynced
+temporary file, hard-links the current ``last.pkl`` (if it verifies) to ``prev.pkl``, then
+``os.replace``s the new file in: a crash or a full disk at any moment leaves a ``last.pkl`` (or
+``prev.pkl``) that verifies.
+
+Every save also writes ``params.npz`` next to ``last.pkl``: the parameters alone as flat named
+arrays (``W_rec``, ``net/W_in``), readable with ``numpy.load`` and nothing else (docs/library.md).
+
+``load`` verifies the checksum before unpickling. A truncated or corrupt ``last.pkl`` falls back
+to ``prev.pkl`` and says so in one line; if checkpoints exist but none verifies, it refuses
+(``ConfigError``: delete the checkpoints or set ``resume=false``) rather than silently starting
+from scratch.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
+import sys
 import tempfile
 from pathlib import Path
 
 import jax
 import numpy as np
 
+from sofo_lab.errors import ConfigError, RunFailed
+from sofo_lab.rundir import write_atomic
+
 CHECKPOINT = "checkpoints/last.pkl"
+PREVIOUS = "checkpoints/prev.pkl"
+PARAMS_NPZ = "params.npz"    # next to last.pkl: the parameters alone, for numpy (save_params_npz)
+_TRAILER = b"\n#sha256="   # + 64 hex digits + b"\n" after the pickle
+_TRAILER_LEN = len(_TRAILER) + 65
 # Keys that do not change what a run computes; a resumed run may change them.
 _NOT_HASHED = ("logger", "checkpoint_every", "log_every", "resume", "progress", "plots", "hydra")
 
@@ -37,10 +56,47 @@ def save(run_dir: Path, train_state, cfg: dict) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"state": jax.tree.map(np.asarray, jax.device_get(train_state)),
                "config": config_fingerprint(cfg), "config_hash": config_hash(cfg)}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    blob = pickle.dumps(payload, protocol=pickle.HIGHEST_PROTOCOL)
+    blob += _TRAILER + hashlib.sha256(blob).hexdigest().encode() + b"\n"
+    staged = path.with_name(".staged.pkl")
+    write_atomic(staged, blob)                       # a full disk fails here: nothing moved yet
+    if _verify(path)[0] is not None:                 # keep the last good one as prev.pkl
+        link = path.with_name(".prev.pkl")
+        link.unlink(missing_ok=True)
+        try:
+            os.link(path, link)
+        except OSError:                              # no hard links on this filesystem: copy
+            write_atomic(link, path.read_bytes())
+        os.replace(link, Path(run_dir) / PREVIOUS)
+    os.replace(staged, path)
+    save_params_npz(path.parent / PARAMS_NPZ, payload["state"].params)
+    _fsync_dir(path.parent)
+    return path
+
+
+def param_names(params) -> dict:
+    """``{"W_rec": array, "net/W_in": array, ...}``: the leaves of ``params`` named by their key paths."""
+    def part(key):
+        for attr in ("key", "name", "idx"):   # DictKey, GetAttrKey, SequenceKey
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return {"/".join(part(k) for k in path) or "params": np.asarray(x) for path, x in leaves}
+
+
+def save_params_npz(path: Path, params) -> Path:
+    """Write ``params`` as a portable ``.npz`` of flat named arrays (``np.load`` reads it, no sofo-lab
+    or pickle needed), atomically (fsynced temporary file, ``os.replace``), mode 0o644."""
+    path = Path(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **param_names(jax.device_get(params)))
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        os.fchmod(fd, 0o644)
         with os.fdopen(fd, "wb") as f:
-            pickle.dump(payload, f, protocol=pickle.HIGHEST_PROTOCOL)
+            f.write(buffer.getvalue())
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -50,12 +106,98 @@ def save(run_dir: Path, train_state, cfg: dict) -> Path:
     return path
 
 
-def load(run_dir: Path):
-    path = Path(run_dir) / CHECKPOINT
+def load_params_npz(path: Path, like=None):
+    """The arrays of a ``params.npz``: a flat ``{name: array}`` dict, or, given ``like`` (a pytree of the
+    same structure, e.g. ``jax.eval_shape(system.init_params, key)``), that pytree with the saved arrays."""
+    with np.load(Path(path)) as data:
+        arrays = {name: data[name] for name in data.files}
+    if like is None:
+        return arrays
+    names = list(param_names(jax.tree.map(lambda x: np.zeros((), np.int8), like)))
+    if sorted(names) != sorted(arrays):
+        raise ConfigError("params.npz", str(path), f"holds {sorted(arrays)}, but the model has {sorted(names)}")
+    return jax.tree.unflatten(jax.tree.structure(like), [arrays[n] for n in names])
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _verify(path: Path) -> tuple[dict | None, str]:
+    """(payload, "") when ``path`` matches its checksum and unpickles, else (None, why not)."""
     if not path.is_file():
+        return None, "missing"
+    try:
+        blob = path.read_bytes()
+    except OSError as err:
+        return None, f"unreadable ({err.strerror})"
+    body, trailer = blob[:-_TRAILER_LEN], blob[-_TRAILER_LEN:]
+    if not trailer.startswith(_TRAILER):
+        return None, f"no checksum ({len(blob)} bytes; truncated, or not written by sofo-run)"
+    if hashlib.sha256(body).hexdigest().encode() != trailer[len(_TRAILER):-1]:
+        return None, f"checksum mismatch ({len(blob)} bytes; truncated or corrupt)"
+    try:
+        return pickle.loads(body), ""
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means unusable
+        return None, f"does not unpickle ({type(err).__name__})"
+
+
+def load(run_dir: Path, quiet: bool = False):
+    """The newest checkpoint that verifies, or None when the run directory holds none.
+
+    Falls back from ``last.pkl`` to ``prev.pkl`` with one line on stderr (unless ``quiet``);
+    raises ``ConfigError`` when checkpoint files exist but none verifies.
+    """
+    run_dir = Path(run_dir)
+    last, previous = run_dir / CHECKPOINT, run_dir / PREVIOUS
+    if not (last.exists() or previous.exists()):
         return None
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    payload, why_last = _verify(last)
+    if payload is not None:
+        return payload
+    payload, why_prev = _verify(previous)
+    if payload is not None:
+        if not quiet:
+            print(f"warning: {last} is unusable ({why_last}); resuming from the previous checkpoint {previous} "
+                  f"(iteration {int(payload['state'].iteration)})", file=sys.stderr, flush=True)
+        return payload
+    raise ConfigError("hydra.run.dir", str(run_dir), f"holds no valid checkpoint (last.pkl: {why_last}; prev.pkl: "
+                                                     f"{why_prev}); delete {run_dir / 'checkpoints'} to start over, "
+                                                     "or set resume=false")
+
+
+def newest_valid(run_dir: Path) -> str | None:
+    """'<file> (iteration N)' of the checkpoint a rerun would resume from, or None."""
+    for name in (CHECKPOINT, PREVIOUS):
+        payload, _ = _verify(Path(run_dir) / name)
+        if payload is not None:
+            return f"{Path(run_dir) / name} (iteration {int(payload['state'].iteration)})"
+    return None
+
+
+def resume_payload(run_dir: Path, container: dict, quiet: bool = False):
+    """The verified checkpoint to resume from, or None; ``ConfigError`` when it was written under a
+    different config (the differing keys named)."""
+    saved = load(run_dir, quiet=quiet)
+    if saved is not None and saved["config_hash"] != config_hash(container):
+        diff = "; ".join(differences(saved["config"], config_fingerprint(container))[:4])
+        raise ConfigError("hydra.run.dir", str(run_dir),
+                          f"holds a checkpoint of a different config ({diff}); rerun with the same "
+                          "overrides to resume, pick a new hydra.run.dir, or set resume=false")
+    return saved
+
+
+def divergence(run_dir: Path, iteration: int, detail: str) -> RunFailed:
+    """The one line for a non-finite update or evaluation at ``iteration`` (updates counted from 1)."""
+    kept = newest_valid(run_dir)
+    kept = (f"the last good checkpoint {kept} is kept" if kept else "no checkpoint had been written yet")
+    err = RunFailed(f"{detail} at iteration {iteration}; stopped, {kept}; lower optim.lr or add optim.clip_norm")
+    err.iteration = iteration
+    return err
 
 
 def differences(old: dict, new: dict, prefix: str = "") -> list[str]:

@@ -11,6 +11,9 @@ just finished, and calls ``release()``, which hands the signal to whoever handle
 - nobody (plain ``sbatch`` or a shell): ``USR1``/``USR2`` inside a SLURM job requeue it with
   ``scontrol requeue $SLURM_JOB_ID``; then the process exits with status 128 + signal number.
 
+``SIGINT`` (Ctrl-C) checkpoints the same way, prints one line and exits with status 130; the
+same command resumes.
+
 ``SIGTERM`` means the job is ending (preemption, requeue, cancel). Outside SLURM the run exits
 (status 143) after the checkpoint. Inside a SLURM job it stops training and waits (at most a
 minute) for what SLURM does next: the ``SIGKILL`` of a requeue/cancel, or the ``USR2`` with which
@@ -29,11 +32,11 @@ import sys
 import threading
 import time
 
-SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGTERM", "SIGUSR1", "SIGUSR2")) if s)
+SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGUSR2")) if s)
 
 
 class StopSignals:
-    """Notes SIGTERM/SIGUSR1/SIGUSR2 while installed (main thread only; elsewhere a no-op)."""
+    """Notes SIGINT/SIGTERM/SIGUSR1/SIGUSR2 while installed (main thread only; elsewhere a no-op)."""
 
     def __init__(self):
         self.previous: dict = {}
@@ -64,8 +67,11 @@ class StopSignals:
         signum, previous = self.signum, dict(self.previous)
         self.signum = None
         name = signal.Signals(signum).name
-        print(f"Caught {name}: checkpoint written", file=sys.stderr, flush=True)
+        hint = "; rerun the same command to resume" if signum == signal.SIGINT else ""
+        print(f"Caught {name}: checkpoint written{hint}", file=sys.stderr, flush=True)
         self.uninstall()
+        if signum == signal.SIGINT:        # Ctrl-C: the user stops the run; the same command resumes
+            sys.exit(128 + signum)
         handler = previous.get(signum, signal.SIG_DFL)
         if signum == signal.SIGTERM and handler != signal.SIG_IGN:
             if callable(handler):

@@ -27,9 +27,34 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from sofo_lab import per_optim
+from sofo_lab.reporting import strict_json
+
 SUMMARY = "sweep_summary"
 JOB_STATUS = "job_status.json"
 _FIRST = ("job", "status", "error", "iterations", "overrides", "run_dir")
+_failures: dict[str, str] = {}   # run dir -> error line of a job that ended in an error it reported
+
+
+def note_failure(err: Exception) -> float:
+    """Record that this job failed with ``err`` (a value only the run could see: memory after
+    compiling, a checkpoint of another config, a full disk), so that its row reads ``failed`` with
+    the error line; the job itself returns normally (one line, no traceback). A divergence is not
+    recorded: its summary.json says ``diverged``. Returns NaN, the failed job's return value."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from sofo_lab.errors import RunFailed
+
+    if type(err) is not RunFailed:
+        try:
+            _failures[str(HydraConfig.get().runtime.output_dir)] = _error_line(err)
+        except ValueError:   # not inside a Hydra job
+            pass
+    return float("nan")
+
+
+def _error_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {err}".splitlines()[0][:500]
 
 
 def sweep_dir_of(hydra_cfg: DictConfig) -> Path | None:
@@ -68,7 +93,8 @@ def _row(sweep_dir: Path, run_dir: Path) -> dict[str, Any]:
     rel = run_dir.relative_to(sweep_dir)
     row: dict[str, Any] = {"job": str(rel), "status": "missing", "error": None, "iterations": None,
                            "overrides": " ".join(overrides), "run_dir": str(run_dir)}
-    row.update({o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o})
+    # +per_optim.<optim>.<key> only on that optimizer's rows, as optim.<key> (sofo_lab/per_optim.py)
+    row.update({o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in per_optim.run_overrides(run_dir) if "=" in o})
     summary = _read_json(run_dir / "summary.json")
     job = _read_json(run_dir / JOB_STATUS)
     if summary is not None:
@@ -107,7 +133,7 @@ def write_summary(sweep_dir: str | Path) -> dict[str, Any]:
         table = {"sweep_dir": str(sweep_dir), "n_runs": len(rows), "counts": counts, "runs": rows}
         columns = list(_FIRST) + sorted({k for r in rows for k in r} - set(_FIRST),
                                         key=lambda k: (k.startswith(("final/", "profile/")), k))
-        _atomic(sweep_dir / f"{SUMMARY}.json", json.dumps(table, indent=2, default=str) + "\n")
+        _atomic(sweep_dir / f"{SUMMARY}.json", json.dumps(strict_json(table), indent=2, allow_nan=False) + "\n")
         tmp = sweep_dir / f".{SUMMARY}.csv.tmp"
         with open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -139,10 +165,8 @@ class SweepSummary(Callback):
 
         run_dir = Path(str(config.hydra.runtime.output_dir))
         failed = job_return.status == JobStatus.FAILED
-        error = None
-        if failed:
-            err = job_return._return_value
-            error = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+        error = _error_line(job_return._return_value) if failed else _failures.pop(str(run_dir), None)
+        failed = failed or error is not None
         _atomic(run_dir / JOB_STATUS, json.dumps({"status": "failed" if failed else "finished",
                                                   "error": error}) + "\n")
         try:
@@ -153,6 +177,9 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = write_summary(str(config.hydra.sweep.dir))
         print(describe(table), file=sys.stderr, flush=True)
+        from sofo_lab.compare import after_sweep
+
+        after_sweep(str(config.hydra.sweep.dir))   # compare.png/.md/.csv; a failure is one warning line
         if any(r["status"] != "completed" for r in table["runs"]):
             # the jobs may have run in other processes (submitit): make `sofo-run -m` exit non-zero
             for name in ("sofo_lab.cli", "__main__"):
