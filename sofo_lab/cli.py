@@ -16,6 +16,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sofo_lab import console, per_optim, rundir
 from sofo_lab.errors import ConfigError, RunFailed
 
 
@@ -126,7 +127,7 @@ def precheck(argv: list[str]) -> None:
     from sofo_lab.assemble import build
 
     for i, combo in enumerate(_expand(parsed)):
-        cfg = _compose(combo)
+        cfg = per_optim.apply(_compose(combo), known=_options("optim"))
         if i == 0:
             _check_writable(cfg, multirun or cfg.hydra.mode == "MULTIRUN")
         build(cfg)
@@ -142,7 +143,9 @@ def _run(cfg: DictConfig):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     hc = HydraConfig.get()
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
-    from sofo_lab.sweep import sweep_dir_of
+    console.install()   # also in submitit's job processes
+    cfg = per_optim.apply(cfg, choices.get("optim"))   # +per_optim.<optim>.<key>: this optimizer's runs only
+    from sofo_lab.sweep import note_failure, sweep_dir_of
 
     sweep_dir = sweep_dir_of(hc)
     if sweep_dir is not None and cfg.logger.get("name") == "wandb" and cfg.logger.get("group") is None:
@@ -181,6 +184,12 @@ def main() -> None:
     try:
         precheck(sys.argv[1:])
     except ConfigError as err:
+    console.install()
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):   # sofo_lab/help.py; Hydra's own: --hydra-help
+        from sofo_lab.help import render
+
+        print(render([a for a in sys.argv[1:] if a not in ("-h", "--help", "-m", "--multirun")]))
+        sys.exit(0)
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {err}", file=sys.stderr)

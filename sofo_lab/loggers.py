@@ -42,8 +42,19 @@ class JsonlLogger:
         self._file.close()
 
 
+def quiet_settings(wandb):
+    """wandb without console output: no banner, no 'set WANDB_MODE=online' hint (sofo-run says
+    which mode the run is in), no sparkline summary, no capture of the console. The records (metrics,
+    summary, images) are unchanged. ``WANDB_SILENT=false`` brings wandb's own lines back."""
+    loud = os.environ.get("WANDB_SILENT", "").lower() in ("false", "0", "no")
+    if loud:
+        return wandb.Settings()
+    return wandb.Settings(console="off", silent=True, quiet=True, show_info=False, show_warnings=False)
+
+
 class WandbLogger:
-    """A wandb run inside the run directory. ``mode`` null means: respect ``WANDB_MODE``, else offline."""
+    """A wandb run inside the run directory. ``mode`` null means: respect ``WANDB_MODE``, else offline.
+    Quiet by default (``quiet_settings``)."""
 
     def __init__(self, cfg_logger, run_dir: Path, config: dict, choices: dict):
         import wandb
@@ -60,7 +71,8 @@ class WandbLogger:
                       entity=cfg_logger.get("entity"), group=cfg_logger.get("group"),
                       tags=list(cfg_logger.get("tags") or []), name=cfg_logger.get("run_name"),
                       config={**config, "choices": choices},
-                      reinit="finish_previous", id=cfg_logger.get("run_id"), resume="allow")
+                      reinit="finish_previous", id=cfg_logger.get("run_id"), resume="allow",
+                      settings=quiet_settings(wandb))
         self.run = None
         for attempt in dict.fromkeys([mode, "offline"]):
             try:

@@ -8,6 +8,7 @@ number, so a run resumed from a checkpoint computes exactly what an uninterrupte
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -20,7 +21,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sofo_lab import checkpoint, preemption, profiling
+from sofo_lab import checkpoint, console, preemption, profiling, resources, rundir
 from sofo_lab.assemble import Setup, build
 from sofo_lab.errors import ConfigError, RunFailed
 from sofo_lab.loggers import JsonlLogger, WandbLogger
@@ -37,6 +38,26 @@ class TrainState(NamedTuple):
 
 
 def _keys(seed: int):
+class TrainClock:
+    """Training seconds (``time_s`` in metrics.jsonl): wall time since the first update minus the
+    paused intervals (evaluation, checkpoints, writing records), each kept in ``paused``."""
+
+    def __init__(self, offset: float = 0.0):
+        self.t0, self.offset = time.perf_counter(), offset
+        self.paused = {"eval": 0.0, "checkpoint": 0.0, "log": 0.0}
+
+    def now(self) -> float:
+        return self.offset + time.perf_counter() - self.t0 - sum(self.paused.values())
+
+    @contextlib.contextmanager
+    def pause(self, what: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.paused[what] += time.perf_counter() - t
+
+
     init, train, eval_, data = jax.random.split(jax.random.PRNGKey(seed), 4)
     return init, train, eval_, data
 
@@ -149,15 +170,28 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
         start = int(ts.iteration)
         if resumed_from is not None:
             print(f"Resuming {run_dir} from iteration {start}", file=sys.stderr)
-        durations, t_start = [], time.perf_counter()
-        bar = tqdm(total=iterations, initial=min(start, iterations), desc=f"{cfg.task.name}/{cfg.optim.name}",
+        if evaluate is not None:   # compiled here so that no evaluation's compilation lands in time_s
+            t0 = time.perf_counter()
+            evaluate = evaluate.lower(ts.params).compile()
+            profile["eval_compile_s"] = time.perf_counter() - t0
+        durations = []
+        clock = TrainClock(offset=next((r["time_s"] for r in reversed(history) if "time_s" in r), 0.0))
+        if evaluate is not None and start == 0:   # the untrained network: every curve starts here
+            with clock.pause("eval"):
+                record = {"iteration": 0, "time_s": 0.0,
+                          **{f"eval/{k}": v for k, v in _host(evaluate(ts.params)[0]).items()}}
+            history.append(record)
+            history_logger.log(record)
+            if wandb_logger:
+                wandb_logger.log(record)
+        bar = tqdm(total=iterations, initial=min(start, iterations), desc=run_label(setup, choices),
                    disable=not cfg.get("progress", True), dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
         pending, last_ready, busy = None, None, True
 
         def handle(i, metrics, ts_after):
             nonlocal last_ready, busy
             m = _host(metrics)
-            now = time.perf_counter()
+            now = clock.now()
             if last_ready is not None and not busy:
                 durations.append(now - last_ready)
             last_ready, busy = now, False
@@ -172,16 +206,21 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
                 record.update({f"train/{k}": v for k, v in m.items()})
                 bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)
             if evaluate is not None and (done % cfg.eval_every == 0 or done == iterations):
-                record.update({f"eval/{k}": v for k, v in _host(evaluate(ts_after.params)[0]).items()})
+                with clock.pause("eval"):
+                    record.update({f"eval/{k}": v for k, v in _host(evaluate(ts_after.params)[0]).items()})
                 busy = True
             if record:
-                record = {"iteration": done, "time_s": round(time.perf_counter() - t_start, 4), **record}
-                history.append(record)
-                history_logger.log(record)
-                if wandb_logger:
-                    wandb_logger.log(record)
+                with clock.pause("log"):
+                    record = {"iteration": done, "time_s": round(now, 4), **record}
+                    history.append(record)
+                    history_logger.log(record)
+                    if wandb_logger:
+                        wandb_logger.log(record)
+            if not math.isfinite(record.get("eval/loss", 0.0)):   # a non-finite evaluation is a divergence
+                raise checkpoint.divergence(run_dir, done, f"non-finite held-out loss (eval/loss={record['eval/loss']})")
             if done % cfg.checkpoint_every == 0 or done == iterations:
-                checkpoint.save(run_dir, ts_after, container)
+                with clock.pause("checkpoint"):
+                    checkpoint.save(run_dir, ts_after, container)
                 busy = True
 
         stop.install()
@@ -195,8 +234,15 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
                 pending = None
                 checkpoint.save(run_dir, ts, container)
                 stop.release()   # submitit requeues and exits; plain SLURM: requeue, exit
+        def pauses(done):   # evaluates or checkpoints after update `done`
+            return (done % cfg.checkpoint_every == 0 or done == iterations
+                    or (evaluate is not None and done % cfg.eval_every == 0))
+
         if pending is not None:
             handle(*pending)
+            if pending is not None and pauses(pending[0] + 1):
+                handle(*pending)   # nothing in flight while it evaluates or checkpoints: time_s stays honest
+                pending = None
         bar.close()
     except RunFailed as err:
         status, error = "diverged", str(err)
@@ -235,6 +281,9 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
             wandb_logger.images(plots)
         wandb_logger.summary({"final": final, "profile": profile, "status": status})
         summary["wandb_dir"] = wandb_logger.directory
+    # training seconds (the last time_s) and what was kept out of them
+    profile.update(train_time_s=clock.offset if last_ready is None else last_ready,
+                   **{f"{k}_time_s": v for k, v in clock.paused.items()})
         wandb_logger.close(exit_code=0 if status == "completed" else 1)
     _print_result(setup, summary)
     if error:
@@ -247,6 +296,7 @@ def _read_history(path: Path) -> list[dict]:
 
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
+        summary["wandb_mode"] = getattr(wandb_logger, "mode", None)
 
 def _print_result(setup: Setup, summary: dict) -> None:
     final, profile = summary["final"], summary["profile"]
@@ -254,11 +304,24 @@ def _print_result(setup: Setup, summary: dict) -> None:
     described = setup.task.describe(final)
     if described:
         lines.append(described)
+def run_label(setup: Setup, choices: dict | None) -> str:
+    """``task/optim`` from Hydra's group choices, else from the task's and the optimizer's names."""
+    choices = choices or {}
+    task = choices.get("task") or getattr(setup.task, "name", type(setup.task).__name__)
+    return f"{task}/{choices.get('optim') or 'optim'}"
+
+
     lines.append("Final: " + format_metrics({k: v for k, v in final.items() if not k.startswith("train/")}
                                             or final))
     ms = profile.get("step_time_median_s")
     mem = profile.get("step_memory_bytes")
     lines.append(f"Profile: {profile['n_params']} params, compile {profile['compile_s']:.2f} s"
                  + (f", {ms * 1e3:.2f} ms/iteration (median)" if ms and math.isfinite(ms) else "")
-                 + (f", step memory {mem / 2**20:.1f} MiB" if mem else ""))
-    print("\n".join(lines), flush=True)
+                 + (f", step memory {mem / 2**20:.1f} MiB" if mem else "")
+                 + (f", training {profile['train_time_s']:.2f} s (evaluation {profile['eval_time_s']:.2f} s and "
+                    f"checkpoints {profile['checkpoint_time_s']:.2f} s not counted)" if "train_time_s" in profile else ""))
+    if summary.get("wandb_dir"):
+        mode, where = summary.get("wandb_mode"), Path(summary["wandb_dir"]).parent
+        lines.append(f"wandb: offline run; upload it with: wandb sync {where}" if mode == "offline"
+                     else f"wandb: {mode} run in {where}")
+    console.emit("\n".join(lines))

@@ -140,9 +140,14 @@ class Kalman(Task):
             ax.plot(t, ys[:, i, 0], color="tab:red", lw=1, label="network x̂")
             for s in np.flatnonzero(lat.switch[:, i]):
                 ax.axvline(s, color="tab:blue", ls=":", lw=0.8)
-            ax.set_ylabel(f"trial {i}")
+            mse = float(np.mean((ys[:, i, 0] - lat.x[:, i]) ** 2))
+            oracle = float(np.mean((lat.oracle[:, i] - lat.x[:, i]) ** 2))
+            ax.set_ylabel(f"held-out trial {i}")
+            ax.set_title(f"trial {i}: network MSE {mse:.3f}, oracle MSE {oracle:.3f}", fontsize=8, loc="left")
         axes[0, 0].legend(loc="upper right", ncol=4, fontsize=8)
-        axes[-1, 0].set_xlabel("time step (dotted: parameter switch)")
+        fig.suptitle(f"{n} held-out trials after training: the latent x, its noisy observation y, the oracle "
+                     "Kalman filter (knows τ, b, β) and the network's estimate x̂", fontsize=9)
+        axes[-1, 0].set_xlabel("time step (dotted blue: parameter switch)")
         fig.tight_layout()
         path = f"{out_dir}/kalman_trials.png"
         fig.savefig(path, dpi=110)

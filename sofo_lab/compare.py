@@ -1,0 +1,416 @@
+"""``sofo-compare``: compare runs and sweeps in one command, from the files the runs wrote.
+
+    sofo-compare outputs/multirun/2026-12-01_10-00-00_000000 [more sweep or run dirs ...] [--out DIR]
+
+A run is any directory below the given ones holding ``metrics.jsonl`` (and usually
+``summary.json`` and ``.hydra/``); it works on old runs, SLURM sweeps (submitit's ``.submitit/``
+is skipped) and runs of a user's own task. Runs are grouped into *configurations* by what differs
+between them: the config-group choices (task, model, optim, experiment) and the overrides of
+``.hydra/overrides.yaml``, with ``+per_optim.<optim>.<key>`` counted only for that optimizer's runs
+(sofo_lab/per_optim.py), the seed pooled, and plumbing (logging, checkpoint and plot settings)
+ignored; runs whose overrides agree but whose configs differ are told apart by the config keys
+that differ.
+
+Writes, into the first directory (or ``--out``):
+
+- ``compare.png`` (``compare_<task>.png`` when several tasks): the loss (held-out when the task has
+  an evaluation, else the online training loss) and the task's headline metric, against iteration
+  and against training seconds (``time_s``: compilation, evaluation and checkpoints excluded),
+  one line per configuration: the mean over seeds, the band min-max over seeds (``--spread sd``:
+  ±1 s.d.). Dotted: the task's reference levels, found among the logged metrics
+  (``sofo_lab.reporting.reference_levels``: kalman's oracle and copy MSE, the streams' optimal
+  entropy rates, influence's θ*) or given by the task class (``references``).
+- ``compare.md`` and ``compare.csv``: per configuration, the final metrics mean ± s.d. over seeds,
+  the number of runs and seeds, time per iteration (median step), training seconds, compilation
+  and step memory.
+
+The headline metric is the task class's ``headline_metric`` when it names one, else the first
+evaluated metric that has reference levels, else the first evaluated metric.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sofo_lab import per_optim
+from sofo_lab.reporting import reference_levels
+
+GROUP_CHOICES = ("task", "model", "optim", "experiment")
+# Keys that change how a run is logged or stored, not what it computes.
+PLUMBING = ("seed", "progress", "plots", "resume", "log_every", "eval_every", "checkpoint_every",
+            "logger", "hydra", "local", "cluster", "eval_batch_size")
+PROFILE = (("step_time_median_s", "time/iteration (ms)", 1e3), ("train_time_s", "training (s)", 1.0),
+           ("compile_s", "compile (s)", 1.0), ("step_memory_bytes", "step memory (MiB)", 2.0**-20),
+           ("n_params", "params", 1.0))
+
+
+@dataclass
+class Run:
+    path: Path
+    choices: dict
+    overrides: dict          # effective: per_optim applied, seed and plumbing kept (filtered later)
+    config: dict             # flattened .hydra/config.yaml (unresolved), per_optim applied
+    history: list
+    summary: dict | None
+    seed: object = None
+
+    @property
+    def task(self) -> str:
+        return str(self.choices.get("task") or self.config.get("task.name") or "task")
+
+    @property
+    def status(self) -> str:
+        return (self.summary or {}).get("status") or "missing"
+
+
+@dataclass
+class Group:
+    label: str
+    keys: dict
+    runs: list = field(default_factory=list)
+
+
+def _yaml(path: Path):
+    from omegaconf import OmegaConf
+
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception:   # noqa: BLE001 - a torn or missing file: treat as absent
+        return None
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in (d or {}).items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _plumbing(key: str) -> bool:
+    return key.split(".")[0].split("/")[0] in PLUMBING
+
+
+def find_runs(paths) -> list[Path]:
+    """Every run directory at or below ``paths`` (a directory holding metrics.jsonl)."""
+    found = []
+    for p in map(Path, paths):
+        if not p.is_dir():
+            raise SystemExit(f"error: {p}: not a directory; pass sweep or run directories")
+        hits = [p] if (p / "metrics.jsonl").is_file() else sorted(
+            (m.parent for m in p.rglob("metrics.jsonl") if ".submitit" not in m.parts and "wandb" not in m.parts),
+            key=lambda d: [(0, int(s), "") if s.isdigit() else (1, 0, s) for s in d.relative_to(p).parts])
+        found += [h for h in hits if h not in found]
+    return found
+
+
+def load_run(path: Path) -> Run:
+    path = Path(path)
+    summary = None
+    try:
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError):
+        pass
+    history = []
+    for line in (path / "metrics.jsonl").read_text().splitlines():
+        try:
+            history.append(json.loads(line))
+        except ValueError:   # a line cut by a killed job
+            pass
+    hydra = _yaml(path / ".hydra" / "hydra.yaml") or {}
+    choices = dict(((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or (summary or {}).get("choices") or {})
+    choices = {k: v for k, v in choices.items() if k in GROUP_CHOICES and v is not None}
+    optim = choices.get("optim")
+    raw = _yaml(path / ".hydra" / "overrides.yaml") or []
+    overrides = {}
+    for o in per_optim.effective_overrides(raw, optim):
+        key, _, value = o.partition("=")
+        key = key.lstrip("+~")
+        overrides[key] = value
+    config = _flatten(_yaml(path / ".hydra" / "config.yaml") or {})
+    extra = {k: v for k, v in config.items() if k.startswith(per_optim.KEY + ".")}
+    for k, v in extra.items():
+        parts = k.split(".")
+        if len(parts) > 2 and parts[1] == optim:
+            config["optim." + ".".join(parts[2:])] = v
+        del config[k]
+    seed = overrides.get("seed", config.get("seed"))
+    return Run(path, choices, overrides, config, history, summary, seed)
+
+
+def group_runs(runs: list[Run]) -> list[Group]:
+    """Configurations: runs that agree on everything but the seed (and plumbing)."""
+    def described(run):
+        d = dict(run.choices)
+        d.update({k: v for k, v in run.overrides.items() if not _plumbing(k)})
+        return {k: str(v) for k, v in d.items()}
+
+    descs = [described(r) for r in runs]
+    keys = list(dict.fromkeys(k for d in descs for k in d))
+    varying = [k for k in keys if len({d.get(k) for d in descs}) > 1]
+    # runs that agree on their overrides but not on their configs (e.g. separate runs with
+    # different code defaults): the config keys that differ tell them apart
+    by_key: dict = {}
+    for run, d in zip(runs, descs):
+        by_key.setdefault(tuple(d.get(k) for k in varying), []).append(run)
+    extra = []
+    for members in by_key.values():
+        configs = [{k: str(v) for k, v in m.config.items() if not _plumbing(k)} for m in members]
+        ckeys = dict.fromkeys(k for c in configs for k in c)
+        extra += [k for k in ckeys if len({c.get(k) for c in configs}) > 1 and k not in varying and k not in extra]
+    groups: dict = {}
+    for run, d in zip(runs, descs):
+        values = {k: d.get(k) for k in varying}
+        values.update({k: str(run.config.get(k)) for k in extra})
+        label = " ".join(f"{k}={v}" for k, v in values.items() if v is not None) or "all runs"
+        groups.setdefault(label, Group(label, {k: v for k, v in values.items() if v is not None})).runs.append(run)
+    return list(groups.values())
+
+
+def common_settings(runs: list[Run]) -> str:
+    """The overrides every run shares (the figure's subtitle)."""
+    shared = None
+    for r in runs:
+        items = {(k, str(v)) for k, v in r.overrides.items() if k != "seed" and not k.startswith("hydra")}
+        shared = items if shared is None else shared & items
+    first = runs[0].overrides if runs else {}
+    return " ".join(f"{k}={v}" for k, v in first.items() if (k, str(v)) in (shared or set()))
+
+
+# --- metrics -------------------------------------------------------------------------------------
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def task_class(run: Run):
+    """The run's task class when it can be imported (for ``headline_metric``/``references``), else None."""
+    try:
+        target = run.config.get("task._target_")
+        if target:
+            from hydra.utils import get_class
+
+            return get_class(target)
+        try:
+            from sofo_lab.tasks import task_class as lookup
+        except ImportError:
+            from tasks import task_class as lookup
+        return lookup(run.config.get("task.name") or run.task)
+    except Exception:   # noqa: BLE001 - a user's task not importable here: use the logged metrics
+        return None
+
+
+def loss_key(runs: list[Run]) -> str:
+    return "eval/loss" if any("eval/loss" in r for run in runs for r in run.history) else "train/loss"
+
+
+def headline_key(runs: list[Run], loss: str) -> str | None:
+    """The task's headline metric (see the module docstring); None when it is the loss itself."""
+    cls = task_class(runs[0]) if runs else None
+    logged = list(dict.fromkeys(k for run in runs for r in run.history for k in r))
+    named = getattr(cls, "headline_metric", None)
+    if named in logged:
+        return None if named == loss else named
+    prefix = loss.split("/")[0] + "/"
+    history = runs[0].history
+    candidates = []
+    for k in logged:
+        rest = k[len(prefix):]
+        values = [r[k] for r in history if _finite(r.get(k))]
+        pairs = [(r[loss], r[k]) for r in history if _finite(r.get(k)) and _finite(r.get(loss))]
+        if (not k.startswith(prefix) or "/" in rest or k == loss or len(set(values)) < 2   # references are constant
+                or (pairs and all(abs(a - b) <= 1e-5 * max(1.0, abs(a)) for a, b in pairs))):   # the loss renamed
+            continue
+        candidates.append((not reference_levels(history, k), any(c.isdigit() for c in rest), len(candidates), k))
+    if prefix == "train/":
+        candidates = [c for c in candidates if not c[0]]   # online tasks: only a metric with references
+    return min(candidates)[-1] if candidates else None
+
+
+def references(runs: list[Run], metric: str) -> dict[str, float]:
+    """Reference levels of ``metric``, the mean over runs of what each run logged (or its task says)."""
+    levels: dict[str, list] = {}
+    for run in runs:
+        for label, value in reference_levels(run.history, metric).items():
+            levels.setdefault(label, []).append(value)
+    cls = task_class(runs[0]) if runs else None
+    for label, value in ((getattr(cls, "references", None) or {}).get(metric) or {}).items():
+        levels.setdefault(label, [value])
+    return {label: statistics.fmean(v) for label, v in levels.items()}
+
+
+def final_metrics(run: Run) -> dict:
+    """``final`` of summary.json, or the last logged value of each metric for a run that has none."""
+    final = dict((run.summary or {}).get("final") or {})
+    if not final:
+        for r in run.history:
+            final.update({k: v for k, v in r.items() if "/" in k})
+    return {k: v for k, v in final.items() if _finite(v)}
+
+
+def profile_of(run: Run) -> dict:
+    prof = dict((run.summary or {}).get("profile") or {})
+    if "train_time_s" not in prof and run.history:   # older runs: the last time_s
+        prof["train_time_s"] = run.history[-1].get("time_s")
+    return prof
+
+
+def _stats(values):
+    v = [x for x in values if _finite(x)]
+    if not v:
+        return None, None, 0
+    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
+
+
+def _fmt(mean, sd, n) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.4g} ± {sd:.2g}" if n > 1 else f"{mean:.4g}"
+
+
+def curve(runs: list[Run], metric: str, spread: str = "minmax"):
+    """Per iteration over the runs that logged ``metric`` there: iteration, mean time_s, mean, low, high."""
+    at: dict[int, list] = {}
+    for run in runs:
+        for r in run.history:
+            if _finite(r.get(metric)) and "iteration" in r:
+                at.setdefault(int(r["iteration"]), []).append((r.get("time_s", math.nan), r[metric]))
+    rows = []
+    for it in sorted(at):
+        times, values = zip(*at[it])
+        mean = statistics.fmean(values)
+        if spread == "sd":
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            low, high = mean - sd, mean + sd
+        else:
+            low, high = min(values), max(values)
+        rows.append((it, statistics.fmean(t for t in times if _finite(t)) if any(map(_finite, times)) else math.nan,
+                     mean, low, high))
+    return rows
+
+
+# --- tables -------------------------------------------------------------------------------------
+def table_rows(groups: list[Group], loss: str, headline: str | None) -> list[dict]:
+    rows = []
+    for g in groups:
+        finals = [final_metrics(r) for r in g.runs]
+        profiles = [profile_of(r) for r in g.runs]
+        statuses: dict[str, int] = {}
+        for r in g.runs:
+            statuses[r.status] = statuses.get(r.status, 0) + 1
+        row = {"configuration": g.label, **g.keys, "n_runs": len(g.runs), "n_completed": statuses.get("completed", 0),
+               "status": " ".join(f"{n} {s}" for s, n in sorted(statuses.items())),
+               "seeds": " ".join(str(r.seed) for r in g.runs)}
+        metrics = list(dict.fromkeys(k for f in finals for k in f if "/" in k))
+        for k in metrics:
+            mean, sd, n = _stats([f.get(k) for f in finals])
+            row[f"{k}_mean"], row[f"{k}_sd"], row[f"{k}_n"] = mean, sd, n
+        for key, _, _ in PROFILE:
+            mean, sd, _ = _stats([p.get(key) for p in profiles])
+            row[f"{key}_mean"], row[f"{key}_sd"] = mean, sd
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], loss: str, headline: str | None, refs: dict, title: str) -> str:
+    metrics = [loss] + ([headline] if headline else [])
+    head = ["configuration", "runs (seeds)"] + [f"final {m}" for m in metrics] + [label for _, label, _ in PROFILE]
+    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row["configuration"].replace("|", "\\|"),
+                 f"{row['n_completed']}/{row['n_runs']} ({row['seeds']})"]
+        cells += [_fmt(row.get(f"{m}_mean"), row.get(f"{m}_sd"), row.get(f"{m}_n", 0)) for m in metrics]
+        for key, _, scale in PROFILE:
+            mean, sd = row.get(f"{key}_mean"), row.get(f"{key}_sd")
+            cells.append("–" if mean is None else _fmt(mean * scale, (sd or 0.0) * scale, row["n_runs"])
+                         if key == "step_time_median_s" else f"{mean * scale:.3g}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Mean ± s.d. over the seeds of each configuration (completed runs' final evaluation); "
+              "time/iteration is the median step, training seconds exclude compilation, evaluation and "
+              "checkpoints."]
+    for metric, levels in refs.items():
+        if levels:
+            lines.append(f"Reference levels of {metric}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4g}"
+                                                                     for k, v in levels.items()) + ".")
+    not_done = [r for r in rows if r["n_completed"] < r["n_runs"]]
+    for r in not_done:
+        lines.append(f"{r['configuration']}: {r['status']}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+# --- the command ----------------------------------------------------------------------------------
+def compare(paths, out: str | Path | None = None, spread: str = "minmax", title: str | None = None) -> dict:
+    """Read every run below ``paths``; write the figure(s), compare.md and compare.csv; return what was written."""
+    from sofo_lab.compare_plot import figure
+
+    dirs = find_runs(paths)
+    if not dirs:
+        raise SystemExit(f"error: no runs (directories with metrics.jsonl) under {' '.join(map(str, paths))}")
+    runs = [load_run(d) for d in dirs]
+    out = Path(out) if out else Path(paths[0])
+    out.mkdir(parents=True, exist_ok=True)
+    by_task: dict[str, list[Run]] = {}
+    for r in runs:
+        by_task.setdefault(r.task, []).append(r)
+    written, md, rows = {"figures": []}, [], []
+    for task, task_runs in by_task.items():
+        groups = group_runs(task_runs)
+        loss = loss_key(task_runs)
+        headline = headline_key(task_runs, loss)
+        refs = {m: references(task_runs, m) for m in [loss] + ([headline] if headline else [])}
+        name = "compare.png" if len(by_task) == 1 else f"compare_{task}.png"
+        label = title or f"{task}: {len(groups)} configurations, {len(task_runs)} runs"
+        figure(out / name, groups, loss, headline, refs, spread, label, common_settings(task_runs))
+        written["figures"].append(str(out / name))
+        task_rows = table_rows(groups, loss, headline)
+        md.append(markdown(task_rows, loss, headline, refs, label))
+        rows += [{"task": task, **r} for r in task_rows]
+    (out / "compare.md").write_text("\n".join(md))
+    write_csv(out / "compare.csv", rows)
+    written.update(markdown=str(out / "compare.md"), csv=str(out / "compare.csv"), runs=len(runs), rows=rows)
+    return written
+
+
+def after_sweep(sweep_dir) -> None:
+    """The sweep callback's call: compare the sweep's runs; a failure is one warning line, never an error."""
+    try:
+        written = compare([sweep_dir])
+        print(f"Comparison: {', '.join(Path(f).name for f in written['figures'])}, compare.md, compare.csv "
+              f"-> {sweep_dir}", file=sys.stderr, flush=True)
+    except BaseException as err:   # noqa: BLE001 - plotting must never fail the sweep (SystemExit included)
+        print(f"warning: sofo-compare could not compare the sweep ({type(err).__name__}: "
+              f"{str(err).splitlines()[0] if str(err) else ''}); run sofo-compare {sweep_dir}",
+              file=sys.stderr, flush=True)
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(prog="sofo-compare", description=__doc__.split("\n\n")[0] + (
+        " Writes compare.png, compare.md and compare.csv into the first directory (or --out)."))
+    ap.add_argument("dirs", nargs="+", help="sweep directories (outputs/multirun/<time>) or run directories")
+    ap.add_argument("--out", default=None, help="where to write the figure and tables (default: the first dir)")
+    ap.add_argument("--spread", choices=("minmax", "sd"), default="minmax",
+                    help="band around the mean over seeds: min-max (default) or ±1 s.d.")
+    ap.add_argument("--title", default=None, help="figure and table title")
+    args = ap.parse_args(argv)
+    written = compare(args.dirs, args.out, args.spread, args.title)
+    print(Path(written["markdown"]).read_text(), end="")
+    print(f"Wrote {', '.join(written['figures'])}, {written['markdown']}, {written['csv']} ({written['runs']} runs)")
+
+
+if __name__ == "__main__":
+    main()

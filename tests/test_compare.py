@@ -1,0 +1,212 @@
+"""sofo-compare, the honest time axis, per-optimizer keys, --help and the quiet console.
+
+The unit tests build run directories by hand (exact numbers in, exact numbers out); one slow test
+runs a real tiny sweep through the CLI and checks what the user sees and what the files hold.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import warnings
+from pathlib import Path
+
+import pytest
+from conftest import compose_config, run_cli
+from omegaconf import OmegaConf
+
+from sofo_lab import compare, console, per_optim
+from sofo_lab.errors import ConfigError
+from sofo_lab.help import key_comments, render
+from sofo_lab.reporting import reference_levels
+
+
+def _run_dir(root: Path, name: str, optim: str, seed: int, losses, extra_overrides=(), times=None,
+             status="completed", hydra=True, profile=None):
+    """A run directory as the runner writes it: metrics.jsonl, summary.json, .hydra/."""
+    d = root / name
+    d.mkdir(parents=True)
+    times = times or [0.1 * i for i in range(len(losses))]
+    hist = [{"iteration": 10 * i, "time_s": t, "eval/loss": v, "eval/mse": v, "eval/oracle_mse": 0.5,
+             "eval/copy_mse": 3.0} for i, (v, t) in enumerate(zip(losses, times))]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
+    summary = {"status": status, "final": {"eval/loss": losses[-1], "eval/mse": losses[-1], "loss": losses[-1]},
+               "profile": profile or {"step_time_median_s": 0.002, "train_time_s": times[-1], "compile_s": 1.0,
+                                      "step_memory_bytes": 2**20, "n_params": 89},
+               "choices": {"task": "kalman", "model": "rnn", "optim": optim, "logger": "none"}}
+    (d / "summary.json").write_text(json.dumps(summary))
+    if hydra:
+        (d / ".hydra").mkdir()
+        overrides = ["task=kalman", f"optim={optim}", f"seed={seed}", "iterations=20", *extra_overrides]
+        (d / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
+        (d / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml(
+            {"hydra": {"runtime": {"choices": {"task": "kalman", "model": "rnn", "optim": optim,
+                                               "hydra/launcher": "basic"}}}}))
+        cfg = {"seed": seed, "iterations": 20, "task": {"_target_": "sofo_lab.tasks.kalman.Kalman"},
+               "optim": {"lr": 0.1}}
+        (d / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    return d
+
+
+def test_reference_levels_are_the_constant_keys_named_after_a_metric():
+    hist = [{"eval/loss": 2.0, "eval/mse": 2.0000001, "eval/oracle_mse": 0.5, "eval/copy_mse": 3.0,
+             "eval/noisy_mse": 1.0},
+            {"eval/loss": 1.0, "eval/mse": 1.0, "eval/oracle_mse": 0.5, "eval/copy_mse": 3.0, "eval/noisy_mse": 0.9}]
+    assert reference_levels(hist, "eval/mse") == {"oracle": 0.5, "copy": 3.0}   # noisy_mse varies: not one
+    assert reference_levels(hist, "eval/loss") == {"oracle": 0.5, "copy": 3.0}  # the loss is the MSE here
+    streams = [{"train/bits_per_char": b, "train/bits_per_char_recent": b - 0.1, "train/bits_per_char_optimal": 0.25}
+               for b in (1.5, 1.0, 0.8)]
+    assert reference_levels(streams, "train/bits_per_char") == {"optimal": 0.25}
+    theta = [{"train/theta": t, "train/theta_star": -1 / 6} for t in (0.5, 0.1)]
+    assert reference_levels(theta, "train/theta") == {"star": -1 / 6}
+    assert reference_levels(theta[:1], "train/theta") == {}    # one record cannot show a constant
+
+
+def test_per_optim_applies_only_to_its_optimizer_and_names_bad_keys():
+    for optim, expect in (("sofo", 16), ("adam", None)):
+        cfg = compose_config(["task=kalman", f"optim={optim}", "+per_optim.sofo.n_tangents=16",
+                              "+per_optim.adam.lr=0.25"], return_hydra_config=True)
+        out = per_optim.apply(cfg, known=["sofo", "adam", "uoro"])
+        assert "per_optim" not in out
+        assert out.optim.get("n_tangents") == expect
+        assert out.optim.lr == (0.25 if optim == "adam" else cfg.optim.lr)
+    cfg = compose_config(["task=kalman", "optim=sofo", "+per_optim.sofo.n_tangnts=16"], return_hydra_config=True)
+    with pytest.raises(ConfigError, match=r"per_optim.sofo.n_tangnts=16: unknown key; optim=sofo has \["):
+        per_optim.apply(cfg)
+    cfg = compose_config(["task=kalman", "optim=sofo", "+per_optim.sofoo.n_tangents=16"], return_hydra_config=True)
+    with pytest.raises(ConfigError, match="per_optim.sofoo=.*unknown optimizer; per_optim takes one of"):
+        per_optim.apply(cfg, known=["adam", "sofo"])
+    raw = ["optim=adam", "seed=1", "+per_optim.sofo.n_tangents=16", "+per_optim.adam.lr=3e-3"]
+    assert per_optim.effective_overrides(raw, "adam") == ["optim=adam", "seed=1", "optim.lr=3e-3"]
+    assert per_optim.effective_overrides(raw, "sofo") == ["optim=adam", "seed=1", "optim.n_tangents=16"]
+
+
+def test_compare_groups_by_what_differs_pools_seeds_and_writes_exact_tables(tmp_path):
+    sweep = tmp_path / "sweep"
+    k = ["+per_optim.sofo.n_tangents=16"]
+    _run_dir(sweep, "0", "sofo", 0, [3.0, 1.0, 0.6], k, times=[0.0, 0.2, 0.4])
+    _run_dir(sweep, "1", "sofo", 1, [3.2, 1.4, 0.8], k, times=[0.0, 0.4, 0.6])
+    _run_dir(sweep, "2", "adam", 0, [3.1, 2.0, 1.5], k)
+    _run_dir(sweep, "3", "adam", 1, [3.3, 2.2, 1.9], k, status="diverged")
+    written = compare.compare([sweep])
+    assert written["figures"] == [str(sweep / "compare.png")] and (sweep / "compare.png").stat().st_size > 10_000
+    rows = {r["configuration"]: r for r in written["rows"]}
+    assert list(rows) == ["optim=sofo optim.n_tangents=16", "optim=adam"]    # K only on SOFO's rows
+    sofo, adam = rows["optim=sofo optim.n_tangents=16"], rows["optim=adam"]
+    assert sofo["eval/loss_mean"] == pytest.approx(0.7, abs=1e-12)
+    assert sofo["eval/loss_sd"] == pytest.approx(statistics.stdev([0.6, 0.8]), abs=1e-12)
+    assert (adam["n_runs"], adam["n_completed"], adam["status"]) == (2, 1, "1 completed 1 diverged")
+    assert adam["seeds"] == "0 1"
+    with open(sweep / "compare.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["optim.n_tangents"] for r in table] == ["16", ""]
+    md = (sweep / "compare.md").read_text()
+    assert "| optim=sofo optim.n_tangents=16 | 2/2 (0 1) | 0.7 ± 0.14 | 2 ± 0 | 0.5 |" in md
+    assert "Reference levels of eval/loss: oracle 0.5, copy 3." in md
+    # the curve: mean and min-max over seeds at each iteration, time = mean time_s
+    group = next(g for g in compare.group_runs([compare.load_run(d) for d in compare.find_runs([sweep])])
+                 if g.label.startswith("optim=sofo"))
+    assert compare.curve(group.runs, "eval/loss") == [(0, 0.0, 3.1, 3.0, 3.2), (10, pytest.approx(0.3), 1.2, 1.0, 1.4),
+                                                      (20, 0.5, pytest.approx(0.7), 0.6, 0.8)]
+
+
+def test_compare_reads_runs_without_hydra_files_and_separate_run_dirs(tmp_path):
+    a = _run_dir(tmp_path, "runs/sofo", "sofo", 0, [2.0, 1.0], hydra=False)
+    b = _run_dir(tmp_path, "runs/adam", "adam", 0, [2.0, 1.5], hydra=False)
+    written = compare.compare([a, b], out=tmp_path / "out")
+    assert [r["configuration"] for r in written["rows"]] == ["optim=sofo", "optim=adam"]
+    assert (tmp_path / "out" / "compare.png").is_file()
+    with pytest.raises(SystemExit, match="no runs"):
+        compare.compare([tmp_path / "out"])
+
+
+def test_after_sweep_never_raises(tmp_path, capsys):
+    compare.after_sweep(tmp_path)   # no runs at all
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: sofo-compare could not compare the sweep")
+
+
+def test_warnings_are_one_line_without_source():
+    assert console.one_line_warning("bad\n  value", UserWarning, "/x/y.py", 12, "src line") == \
+        "warning: bad value (UserWarning)\n"
+    console.install()
+    assert warnings.formatwarning is console.one_line_warning
+
+
+def test_help_describes_groups_and_the_chosen_keys():
+    page = render(["task=reach", "optim=adam"])
+    assert page.startswith("sofo-run trains a recurrent network")
+    assert "  sofo-run [group=option ...] [key=value ...]" in page
+    for line in ("    * reach ", "      kalman ", "    * basic ", "      local_parallel ", "      slurm ",
+                 "task=reach keys (task.KEY=value):", "optim=adam keys (optim.KEY=value):"):
+        assert line in page, line
+    reach = [ln for ln in page.splitlines() if ln.strip().startswith("task.n_steps = 180")]
+    assert reach and "T: 1.8 s at dt = 10 ms" in reach[0]
+    assert "optim.n_tangents" not in page            # Adam's page lists Adam's keys
+    assert "seed = 0" in page and "everything (init, batches, noise, tangents) derives from it" in page
+
+
+def test_key_comments_follow_nesting(tmp_path):
+    f = tmp_path / "x.yaml"
+    f.write_text("# head\n_target_: a.B\nlr: 0.1   # step size\nschedule:\n  name: cos  # which\n  alpha: 2\n"
+                 "tag: 'a # not a comment'\n")
+    assert key_comments(f) == {"lr": "step size", "schedule": "", "schedule.name": "which", "schedule.alpha": "",
+                               "tag": ""}
+
+
+@pytest.mark.slow
+def test_real_sweep_compares_itself_with_honest_time_and_a_quiet_console(tmp_path):
+    sweep = tmp_path / "sw"
+    args = ["-m", "task=kalman", "optim=sofo,adam", "seed=0,1", "iterations=6", "batch_size=4", "task.n_steps=12",
+            "model.n_hidden=8", "eval_every=3", "log_every=3", "checkpoint_every=3", "logger=wandb",
+            "+per_optim.sofo.n_tangents=8", f"hydra.sweep.dir={sweep}"]
+    r = run_cli(args, cwd=tmp_path, env={"WANDB_MODE": "offline"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "wandb:" not in r.stderr.replace("warning", "")     # wandb's own console lines are off
+    assert "Comparison: compare.png, compare.md, compare.csv" in r.stderr
+    rows = {row["configuration"]: row for row in csv.DictReader(open(sweep / "compare.csv"))}
+    assert set(rows) == {"optim=sofo optim.n_tangents=8", "optim=adam"}
+    assert all(row["n_completed"] == "2" for row in rows.values())
+    summary = {row["optim"]: row for row in csv.DictReader(open(sweep / "sweep_summary.csv"))}
+    assert summary["sofo"]["optim.n_tangents"] == "8" and summary["adam"]["optim.n_tangents"] == ""
+    for run in sorted(p for p in sweep.iterdir() if p.name.isdigit()):
+        hist = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert hist[0]["iteration"] == 0 and hist[0]["time_s"] == 0.0 and "eval/loss" in hist[0]
+        assert [h["iteration"] for h in hist] == [0, 3, 6]
+        prof = json.loads((run / "summary.json").read_text())["profile"]
+        assert hist[-1]["time_s"] == pytest.approx(prof["train_time_s"], abs=1e-3)
+        assert prof["eval_time_s"] > 0 and prof["checkpoint_time_s"] > 0 and prof["eval_compile_s"] > 0
+        log = (run / "sofo.log").read_text()
+        assert f"Run directory: {run}" in log and "Profile:" in log
+    cfg = json.loads((sweep / "0" / "summary.json").read_text())
+    assert cfg["status"] == "completed"
+    out = r.stdout.strip().splitlines()
+    assert out[-1].startswith("wandb: offline run; upload it with: wandb sync ")
+    assert out[-2].startswith("Profile:")
+
+
+def test_checkpoint_and_evaluation_time_stay_out_of_time_s(tmp_path, monkeypatch):
+    """A slow checkpoint (0.3 s each) must not appear in time_s: it goes to checkpoint_time_s."""
+    import time
+
+    from sofo_lab import runner
+
+    save = runner.checkpoint.save
+
+    def slow_save(*a, **kw):
+        time.sleep(0.3)
+        return save(*a, **kw)
+
+    monkeypatch.setattr(runner.checkpoint, "save", slow_save)
+    cfg = compose_config(["task=kalman", "optim=adam", "iterations=4", "batch_size=4", "task.n_steps=12",
+                          "model.n_hidden=8", "logger=none", "progress=false", "plots=false", "log_every=1",
+                          "eval_every=2", "checkpoint_every=1"])
+    summary = runner.train(cfg, tmp_path / "run", {"task": "kalman", "optim": "adam"})
+    hist = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in hist] == [0, 1, 2, 3, 4]
+    assert hist[0]["time_s"] == 0.0 and set(hist[0]) == {"iteration", "time_s", "eval/loss", "eval/mse",
+                                                        "eval/oracle_mse", "eval/copy_mse"}
+    prof = summary["profile"]
+    assert prof["checkpoint_time_s"] >= 4 * 0.3
+    assert hist[-1]["time_s"] < 0.3                 # four tiny updates; no checkpoint inside
+    assert all(b["time_s"] >= a["time_s"] for a, b in zip(hist, hist[1:]))
