@@ -1,6 +1,7 @@
 """A non-editable ``pip install .`` finds its configs from any working directory."""
 import json
 import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,15 @@ def test_non_editable_install_runs_from_any_directory(tmp_path):
     shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(".git", "outputs", "*.egg-info", "__pycache__",
                                                                "build", "wandb", "multirun", "docs"))
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
+    # The dependencies come from the environment pytest runs in (a fresh venv, CI's, or the base
+    # interpreter's): its site-packages go on the new venv's path after the venv's own, where
+    # sofo-lab is installed. (--system-site-packages would give the base interpreter's instead.)
+    purelib = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    here = [p for p in site.getsitepackages() + [site.getusersitepackages()] if Path(p).is_dir()]
+    (Path(purelib) / "_pytest_environment.pth").write_text("".join(f"{p}\n" for p in here))
     install = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--quiet", str(src)],
                              capture_output=True, text=True)
     assert install.returncode == 0, install.stderr
