@@ -124,13 +124,15 @@ def precheck(argv: list[str]) -> None:
     overrides = [a for a in argv if not a.startswith("-")]
     parsed = _parse(overrides)
     _check_groups(parsed)
+    from sofo_lab import resources
     from sofo_lab.assemble import build
 
     for i, combo in enumerate(_expand(parsed)):
         cfg = per_optim.apply(_compose(combo), known=_options("optim"))
         if i == 0:
             _check_writable(cfg, multirun or cfg.hydra.mode == "MULTIRUN")
-        build(cfg)
+            rundir.precheck(cfg, multirun or cfg.hydra.mode == "MULTIRUN")   # lock; resumable checkpoint
+        resources.check_shapes(build(cfg), cfg, launcher=cfg.hydra.get("launcher"))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -181,15 +183,15 @@ def _share_one_gpu(argv: list[str]) -> None:
 
 def main() -> None:
     _share_one_gpu(sys.argv[1:])
-    try:
-        precheck(sys.argv[1:])
-    except ConfigError as err:
     console.install()
     if any(a in ("-h", "--help") for a in sys.argv[1:]):   # sofo_lab/help.py; Hydra's own: --hydra-help
         from sofo_lab.help import render
 
         print(render([a for a in sys.argv[1:] if a not in ("-h", "--help", "-m", "--multirun")]))
         sys.exit(0)
+    try:
+        precheck(sys.argv[1:])
+    except ConfigError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         print(f"error: {err}", file=sys.stderr)

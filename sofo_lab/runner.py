@@ -37,7 +37,6 @@ class TrainState(NamedTuple):
     iteration: jax.Array    # int32 scalar: updates done so far
 
 
-def _keys(seed: int):
 class TrainClock:
     """Training seconds (``time_s`` in metrics.jsonl): wall time since the first update minus the
     paused intervals (evaluation, checkpoints, writing records), each kept in ``paused``."""
@@ -58,6 +57,7 @@ class TrainClock:
             self.paused[what] += time.perf_counter() - t
 
 
+def _keys(seed: int):
     init, train, eval_, data = jax.random.split(jax.random.PRNGKey(seed), 4)
     return init, train, eval_, data
 
@@ -223,8 +223,15 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
                     checkpoint.save(run_dir, ts_after, container)
                 busy = True
 
+        def pauses(done):   # evaluates or checkpoints after update `done`
+            return (done % cfg.checkpoint_every == 0 or done == iterations
+                    or (evaluate is not None and done % cfg.eval_every == 0))
+
         stop.install()
         for i in range(start, iterations):
+            if pending is not None and pauses(pending[0] + 1):
+                handle(*pending)   # nothing in flight while it evaluates or checkpoints: time_s stays honest
+                pending = None
             new_ts, metrics = compiled(ts)
             if pending is not None:
                 handle(*pending)
@@ -234,15 +241,8 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
                 pending = None
                 checkpoint.save(run_dir, ts, container)
                 stop.release()   # submitit requeues and exits; plain SLURM: requeue, exit
-        def pauses(done):   # evaluates or checkpoints after update `done`
-            return (done % cfg.checkpoint_every == 0 or done == iterations
-                    or (evaluate is not None and done % cfg.eval_every == 0))
-
         if pending is not None:
             handle(*pending)
-            if pending is not None and pauses(pending[0] + 1):
-                handle(*pending)   # nothing in flight while it evaluates or checkpoints: time_s stays honest
-                pending = None
         bar.close()
     except RunFailed as err:
         status, error = "diverged", str(err)
@@ -269,6 +269,9 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
             plots += setup.task.plot_history(str(run_dir), history)
 
     profile.update(profiling.step_time_stats(durations))
+    # training seconds (the last time_s) and what was kept out of them
+    profile.update(train_time_s=clock.offset if last_ready is None else last_ready,
+                   **{f"{k}_time_s": v for k, v in clock.paused.items()})
     profile.update(**device_peak.result(),
                    host_peak_rss_bytes=profiling.host_peak_rss_bytes(),
                    backend=jax.default_backend(), device=str(jax.devices()[0].device_kind))
@@ -281,9 +284,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
             wandb_logger.images(plots)
         wandb_logger.summary({"final": final, "profile": profile, "status": status})
         summary["wandb_dir"] = wandb_logger.directory
-    # training seconds (the last time_s) and what was kept out of them
-    profile.update(train_time_s=clock.offset if last_ready is None else last_ready,
-                   **{f"{k}_time_s": v for k, v in clock.paused.items()})
+        summary["wandb_mode"] = getattr(wandb_logger, "mode", None)
         wandb_logger.close(exit_code=0 if status == "completed" else 1)
     _print_result(setup, summary)
     if error:
@@ -291,19 +292,6 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
     return summary
 
 
-def _read_history(path: Path) -> list[dict]:
-    import json
-
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-        summary["wandb_mode"] = getattr(wandb_logger, "mode", None)
-
-def _print_result(setup: Setup, summary: dict) -> None:
-    final, profile = summary["final"], summary["profile"]
-    lines = [f"Run directory: {summary['run_dir']}"]
-    described = setup.task.describe(final)
-    if described:
-        lines.append(described)
 def run_label(setup: Setup, choices: dict | None) -> str:
     """``task/optim`` from Hydra's group choices, else from the task's and the optimizer's names."""
     choices = choices or {}
@@ -311,6 +299,18 @@ def run_label(setup: Setup, choices: dict | None) -> str:
     return f"{task}/{choices.get('optim') or 'optim'}"
 
 
+def _read_history(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _print_result(setup: Setup, summary: dict) -> None:
+    final, profile = summary["final"], summary["profile"]
+    lines = [f"Run directory: {summary['run_dir']}"]
+    described = setup.task.describe(final)
+    if described:
+        lines.append(described)
     lines.append("Final: " + format_metrics({k: v for k, v in final.items() if not k.startswith("train/")}
                                             or final))
     ms = profile.get("step_time_median_s")

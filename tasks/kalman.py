@@ -19,6 +19,7 @@ from typing import ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from sofo_lab.errors import ConfigError
 from sofo_lab.system import Batch
@@ -40,7 +41,7 @@ class Kalman(Task):
 
     def __init__(self, n_steps: int = 300, min_segment: int = 100, switch_prob: float = 0.01,
                  tau_range=(1.0, 10.0), drift_range=(-3.0, 3.0), obs_noise_range=(0.1, 3.0),
-                 dt: float = 1.0, tau: float = 4.0, name: str = "kalman"):
+                 dt: float = 1.0, tau: float = 4.0):
         if not isinstance(n_steps, int) or isinstance(n_steps, bool) or n_steps < 2:
             raise ConfigError("task.n_steps", n_steps, "must be an integer >= 2")
         if not 0.0 <= switch_prob <= 1.0:
@@ -51,6 +52,10 @@ class Kalman(Task):
         self.tau_range, self.drift_range = tuple(tau_range), tuple(drift_range)
         self.obs_noise_range = tuple(obs_noise_range)
         self.dt, self.tau = dt, tau
+
+    def model_settings(self) -> dict:
+        """One step = dt; τ = 4 steps gives α = 0.25, as in the SOFO authors' code."""
+        return {"dt": self.dt, "tau": self.tau}
 
     def _draw(self, key, shape):
         k1, k2, k3 = jax.random.split(key, 3)
@@ -75,7 +80,12 @@ class Kalman(Task):
         k_sw, k_new, k_xn, k_eps, k_obs = jax.random.split(jax.random.fold_in(k_steps, t), 5)
         # Switch before emitting step t (never at t = 0).
         switch = (~first) & (age >= self.min_segment) & (jax.random.uniform(k_sw, B) < self.switch_prob)
-        tau_n, b_n, beta_n = self._draw(k_new, B)
+        return self._advance(state, switch, self._draw(k_new, B), (k_xn, k_eps, k_obs))
+
+    def _advance(self, state, switch, new, keys):
+        """One step given the switch decision ``[B]`` and the next segment's ``new = (τ, b, β)``."""
+        (x, tau, b, beta, age, m, p, first), k_steps = state
+        (tau_n, b_n, beta_n), (k_xn, k_eps, k_obs), B = new, keys, x.shape
         x_fresh = b_n + jax.random.normal(k_xn, B)
         sigma = jnp.sqrt(2.0 / tau - 1.0 / tau**2)
         x_next = x + (b - x) / tau + sigma * jax.random.normal(k_eps, B)
@@ -95,6 +105,61 @@ class Kalman(Task):
         _, (x, y, m, switch) = jax.lax.scan(self._step, self._start(key, batch_size),
                                             jnp.arange(self.n_steps))
         return KalmanLatents(x, y, m, switch)
+
+    def trials(self, key, tau, drift, obs_noise, switch_times=(), batch_size: int | None = None) -> Batch:
+        """Trials with chosen segments instead of random ones; the noise (of x and of y) comes from ``key``.
+
+        ``tau``, ``drift``, ``obs_noise``: each segment's τ (>= 1), b and β (> 0), ``[S]`` (shared by
+        all trials) or ``[B, S]``. ``switch_times``: the steps at which segments 2..S begin, ``[S-1]``
+        or ``[B, S-1]``, increasing, in ``[1, n_steps)``. ``batch_size``: trials when every
+        argument is shared (default 1). ``extras`` holds the ``KalmanLatents`` (with the oracle).
+        """
+        seg = [np.atleast_1d(np.asarray(v, dtype=float)) for v in (tau, drift, obs_noise)]
+        times = np.asarray(switch_times, dtype=float)
+        S = seg[0].shape[-1]
+        if times.size == 0:
+            times = times.reshape(S - 1 if S == 1 else -1)   # S > 1 and no times: refused below
+        shapes = [v.shape[:-1] for v in seg] + [times.shape[:-1]]
+        try:
+            lead = np.broadcast_shapes(*shapes, () if batch_size is None else (batch_size,))
+        except ValueError:
+            raise ConfigError("switch_times", times.tolist(), f"tau, drift, obs_noise ([B, S]) and switch_times "
+                              f"([B, S-1]) must agree on B and S; got leading shapes {shapes}") from None
+        B = int(lead[0]) if lead else 1
+        for name, v in zip(("tau", "drift", "obs_noise"), seg):
+            if v.shape[-1] != S or v.ndim > 2 or not np.all(np.isfinite(v)):
+                raise ConfigError(name, v.tolist(), f"must be finite, one value per segment ([S] or [B, S]), S={S}")
+        if np.any(seg[0] < 1.0):
+            raise ConfigError("tau", seg[0].tolist(), "τ must be >= 1 (the discrete OU map)")
+        if np.any(seg[2] <= 0):
+            raise ConfigError("obs_noise", seg[2].tolist(), "β must be > 0")
+        if times.shape[-1:] != (S - 1,):
+            raise ConfigError("switch_times", times.tolist(), f"must hold S-1 = {S - 1} steps per trial (S = {S} "
+                              "segments in tau, drift, obs_noise)")
+        times = np.broadcast_to(times, (B, S - 1))
+        if np.any(np.diff(times, axis=-1) <= 0) or np.any(times < 1) \
+                or np.any(times >= self.n_steps) or np.any(times != np.round(times)):
+            raise ConfigError("switch_times", times.tolist(), f"must be S-1 = {S - 1} increasing integer steps in "
+                              f"[1, {self.n_steps}) per trial")
+        tau, drift, obs = (jnp.asarray(np.broadcast_to(v, (B, S)), jnp.float32) for v in seg)
+        t = np.arange(self.n_steps)
+        index = jnp.asarray(np.stack([np.searchsorted(row, t, side="right") for row in times], axis=1))   # [T, B]
+        switch = jnp.asarray(np.stack([np.isin(t, row) for row in times], axis=1))
+        per_step = [jnp.take_along_axis(v.T, index, axis=0) for v in (tau, drift, obs)]                  # [T, B]
+        k_x0, k_steps = jax.random.split(key)
+        x0 = drift[:, 0] + jax.random.normal(k_x0, (B,))
+        start = ((x0, tau[:, 0], drift[:, 0], obs[:, 0], jnp.zeros(B, jnp.int32), drift[:, 0], jnp.ones(B),
+                  jnp.ones(B, bool)), k_steps)
+
+        def step(state, xs):
+            t, sw, new = xs
+            keys = jax.random.split(jax.random.fold_in(state[1], t), 3)
+            return self._advance(state, sw, new, tuple(keys))
+
+        _, (x, y, m, sw) = jax.lax.scan(step, start, (jnp.arange(self.n_steps), switch, tuple(per_step)))
+        lat = KalmanLatents(x, y, m, sw)
+        T = self.n_steps
+        return Batch(inputs=y[..., None], targets=x[..., None], weights=jnp.full((T, B), 1.0 / T), extras=lat)
 
     def step_source(self, key, batch_size: int):
         def step(state, t):

@@ -118,6 +118,10 @@ class MotorTask(Task):
     def make_system(self, model):
         return ArmSystem(model, self.loss, self.arm, self.dt, self.integrator, self.torque_scale)
 
+    def model_settings(self) -> dict:
+        """The network steps with the arm (dt), with the authors' τ and multiplicative private noise."""
+        return {"dt": self.dt, "tau": self.tau, "noise_amplitude": self.private_noise}
+
     # --- sampling --------------------------------------------------------------------------
     def _edge(self, angle, xp=jnp):
         """Distance from the start along direction ``angle`` (radians) to the workspace edge."""
@@ -131,17 +135,29 @@ class MotorTask(Task):
                                                maxval=self.angle_range[1]))
         r_max = jnp.minimum(self.radius[1], self._edge(angle))
         radius = self.radius[0] + jax.random.uniform(k_radius, shape) * (r_max - self.radius[0])
+        return self.target_positions(angle, radius)
+
+    def target_positions(self, angle, radius):
+        """Hand targets ``[..., 2]`` at ``angle`` (radians) and ``radius`` (m) around the start."""
         start = jnp.asarray(self.start)
         return start + radius[..., None] * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=-1)
+
+    @property
+    def last_go(self) -> int:
+        """The latest first go cue (step) that leaves every movement its free window."""
+        return self.n_steps - 1 - self.free_steps - (self.n_moves - 1) * self.gap_steps
 
     def sample_timing(self, key, batch_size):
         """Steps at which the targets appear (``shown [B]``) and the go cues (``go [B, M]``)."""
         k_idle, k_delay = jax.random.split(key)
         idle = jax.random.uniform(k_idle, (batch_size,), minval=self.idle[0], maxval=self.idle[1])
         delay = jax.random.uniform(k_delay, (batch_size,), minval=self.delay[0], maxval=self.delay[1])
+        return self.timing(idle, delay)
+
+    def timing(self, idle, delay):
+        """``(shown [B], go [B, M])`` of trials whose idle and delay periods last ``idle``, ``delay`` [B] (s)."""
         shown = jnp.round(idle / self.dt).astype(jnp.int32)
-        last_go = self.n_steps - 1 - self.free_steps - (self.n_moves - 1) * self.gap_steps
-        go1 = jnp.clip(jnp.round((idle + delay) / self.dt).astype(jnp.int32), 1, last_go)
+        go1 = jnp.clip(jnp.round((idle + delay) / self.dt).astype(jnp.int32), 1, self.last_go)
         go = go1[:, None] + self.gap_steps * jnp.arange(self.n_moves, dtype=jnp.int32)
         return jnp.minimum(shown, go1 - 1), go
 
@@ -156,6 +172,49 @@ class MotorTask(Task):
     def sample(self, key, batch_size: int) -> Batch:
         lat = self.latents(key, batch_size)
         return Batch(*self.arrays_at(lat, jnp.arange(self.n_steps)), extras=lat)
+
+    def trials(self, angles, delays=None, radius=None, idle=None) -> Batch:
+        """Trials with chosen conditions (for analysis: tuning curves, PCA by condition), not random ones.
+
+        ``angles``: target directions in degrees, ``[B]`` (``[B, M]`` for M movements). ``radius``
+        (m), ``delays`` and ``idle`` (s): scalars or one per trial (``radius`` also one per
+        movement); defaults: the middle of ``task.radius`` (capped at the workspace edge),
+        ``task.delay`` and ``task.idle``. ``extras`` holds the trials' ``MotorLatents``.
+        """
+        M = self.n_moves
+        angles = np.asarray(angles, dtype=float)
+        if angles.ndim == 1 and M == 1:
+            angles = angles[:, None]
+        if angles.ndim != 2 or angles.shape[1] != M or not np.all(np.isfinite(angles)):
+            shape = f"one per trial and movement, [B, {M}]" if M > 1 else "one per trial, [B]"
+            raise ConfigError("angles", angles.tolist(), f"must be finite degrees, {shape}")
+        B, rad = angles.shape[0], np.radians(angles)
+        edge = self._edge(rad, np)
+        if radius is None:
+            radius = np.minimum(0.5 * (self.radius[0] + self.radius[1]), edge)
+        radius = np.broadcast_to(np.asarray(radius, dtype=float).reshape(
+            (-1, 1) if np.ndim(radius) == 1 and M > 1 and len(radius) == B else np.shape(radius)), (B, M))
+        if np.any(radius < 0) or np.any(radius > edge + 1e-9):
+            worst = int(np.argmax(radius - edge))
+            raise ConfigError("radius", float(radius.flat[worst]), f"must be in [0, {float(edge.flat[worst]):.3f}] m "
+                              f"at {float(angles.flat[worst]):g}° (the workspace edge)")
+        idle = self._seconds("idle", idle, self.idle, B)
+        delays = self._seconds("delays", delays, self.delay, B)
+        late = (idle + delays) / self.dt > self.last_go + 0.5
+        if np.any(late):
+            raise ConfigError("delays", float(delays[np.argmax(late)]), f"idle + delay must be <= "
+                              f"{self.last_go * self.dt:.3f} s so the movement fits in task.n_steps={self.n_steps}")
+        shown, go = self.timing(jnp.asarray(idle, jnp.float32), jnp.asarray(delays, jnp.float32))
+        targets = self.target_positions(jnp.asarray(rad, jnp.float32), jnp.asarray(radius, jnp.float32))
+        lat = MotorLatents(go, shown, targets, go + self.free_steps)
+        return Batch(*self.arrays_at(lat, jnp.arange(self.n_steps)), extras=lat)
+
+    def _seconds(self, name, value, period, batch_size):
+        value = np.broadcast_to(np.asarray(0.5 * (period[0] + period[1]) if value is None else value, dtype=float),
+                                (batch_size,))
+        if not np.all(np.isfinite(value)) or np.any(value < 0):
+            raise ConfigError(name, value.tolist(), "must be durations >= 0 in seconds, a scalar or one per trial")
+        return value
 
     def step_source(self, key, batch_size: int):
         def step(lat, t):
@@ -252,6 +311,7 @@ def plot_trajectories(task: MotorTask, out_dir, batch, ys, n_trials: int = 8) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.lines import Line2D
 
     lat = jax.tree.map(np.asarray, batch.extras)
     ys = np.asarray(ys)
@@ -310,10 +370,12 @@ def plot_torques(task: MotorTask, out_dir, batch, ys, n_trials: int = 4) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+    from matplotlib.lines import Line2D
 
     lat = jax.tree.map(np.asarray, batch.extras)
     ys = np.asarray(ys)
     t = (np.arange(ys.shape[0]) + 1) * task.dt
+    n = min(n_trials, ys.shape[1])
     fig, axes = plt.subplots(3, 1, figsize=(8, 6.5), sharex=True)
     for i in range(n):
         color = f"C{i % 10}"
@@ -336,6 +398,3 @@ def plot_torques(task: MotorTask, out_dir, batch, ys, n_trials: int = 4) -> str:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-    from matplotlib.lines import Line2D
-    from matplotlib.lines import Line2D
-    n = min(n_trials, ys.shape[1])
