@@ -192,8 +192,13 @@ class MotorTask(Task):
         edge = self._edge(rad, np)
         if radius is None:
             radius = np.minimum(0.5 * (self.radius[0] + self.radius[1]), edge)
-        radius = np.broadcast_to(np.asarray(radius, dtype=float).reshape(
-            (-1, 1) if np.ndim(radius) == 1 and M > 1 and len(radius) == B else np.shape(radius)), (B, M))
+        radius = np.asarray(radius, dtype=float)
+        if radius.ndim == 1 and len(radius) == B:   # one per trial (for every movement)
+            radius = radius[:, None]
+        try:
+            radius = np.broadcast_to(radius, (B, M))
+        except ValueError:
+            raise ConfigError("radius", radius.tolist(), f"must be a scalar, one per trial [B] or [B, {M}] (m)") from None
         if np.any(radius < 0) or np.any(radius > edge + 1e-9):
             worst = int(np.argmax(radius - edge))
             raise ConfigError("radius", float(radius.flat[worst]), f"must be in [0, {float(edge.flat[worst]):.3f}] m "
