@@ -14,7 +14,7 @@ from pathlib import Path
 
 def _clean(value):
     if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
+        return None   # strict JSON: a non-finite number is null
     return value
 
 
@@ -35,7 +35,7 @@ class JsonlLogger:
         self._file = open(self.path, "a")
 
     def log(self, record: dict):
-        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}, allow_nan=False) + "\n")
         self._file.flush()
 
     def close(self):
