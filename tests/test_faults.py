@@ -69,16 +69,16 @@ def test_compiled_update_memory_is_checked_and_names_the_tangents():
 
     base = ["optim=sofo", "task=kalman", "task.n_steps=6", "batch_size=2", "model.n_hidden=4"]
     sizes = {}
-    for k in (8, 4096):
+    for k in (8, 512):
         setup, cfg = _setup([*base, f"optim.n_tangents={k}"])
         ts = init_train_state(setup, 0, cfg.batch_size)
         sizes[k] = compiled_memory_bytes(compile_timed(make_train_step(setup, 0, cfg.batch_size), ts)[0])
     P = sum(x.size for x in __import__("jax").tree.leaves(ts.params))
-    assert sizes[4096] > 4096 * P * 4 > sizes[8]      # K tangents of P float32 parameters, at least
+    assert sizes[512] - sizes[8] >= (512 - 8) * P * 4   # K tangents of P float32 parameters, at least
     with pytest.raises(ConfigError) as err:
-        resources.check_compiled(cfg, sizes[4096], {"training state": 1}, free=sizes[4096] - 1, where="free")
-    assert str(err.value).startswith("optim.n_tangents=4096:") and str(sizes[4096]) in str(err.value)
-    resources.check_compiled(cfg, sizes[4096], {"training state": 1}, free=sizes[4096], where="free")
+        resources.check_compiled(cfg, sizes[512], {"training state": 1}, free=sizes[512] - 1, where="free")
+    assert str(err.value).startswith("optim.n_tangents=512:") and str(sizes[512]) in str(err.value)
+    resources.check_compiled(cfg, sizes[512], {"training state": 1}, free=sizes[512], where="free")
 
 
 def test_rtrl_limit_counts_the_update_work_not_only_the_jacobian():
@@ -88,7 +88,7 @@ def test_rtrl_limit_counts_the_update_work_not_only_the_jacobian():
     from sofo_lab.runner import init_train_state, make_train_step
 
     setup, cfg = _setup(["task=anbn", "model=gru", "optim=rtrl", "model.n_hidden=16", "batch_size=4",
-                         "task.window=4"])
+                         "task.n_steps=2"])
     ts = init_train_state(setup, 0, cfg.batch_size)
     measured = compiled_memory_bytes(compile_timed(make_train_step(setup, 0, cfg.batch_size), ts)[0])
     P = sum(x.size for x in jax.tree.leaves(ts.params))
@@ -101,7 +101,7 @@ def test_sofo_run_refuses_a_batch_that_cannot_fit_in_one_line(tmp_path):
     line = one_line_error(run_cli(["batch_size=1000000000", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path))
     assert line.startswith("error: batch_size=1000000000: the run needs about") and "bytes" in line
     assert "lower batch_size" in line
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run" / ".hydra").exists()   # refused before Hydra wrote anything
 
 
 # --- checkpoints: verified, the previous one kept -----------------------------------------------
@@ -210,7 +210,7 @@ def test_full_disk_before_and_during_a_run(tmp_path, tiny_disk):
 @pytest.mark.slow
 def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_path):
     run = tmp_path / "run"
-    args = [*TINY, "iterations=100000", "checkpoint_every=50", "log_every=50", "eval_every=100000",
+    args = [*TINY, "iterations=1500", "checkpoint_every=50", "log_every=50", "eval_every=500",
             f"hydra.run.dir={run}"]
     proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -230,13 +230,13 @@ def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_pa
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("Caught SIGINT: checkpoint written")
     stopped = int(checkpoint.load(run)["state"].iteration)
-    assert stopped >= 50   # written at the signal, after the first periodic checkpoint
+    assert 50 <= stopped < 1500   # written at the signal, after the first periodic checkpoint
 
     # a truncated last.pkl: the rerun resumes from prev.pkl and says so
     last = run / checkpoint.CHECKPOINT
     last.write_bytes(last.read_bytes()[:-10])
     prev_iter = int(pickle.loads((run / checkpoint.PREVIOUS).read_bytes())["state"].iteration)
-    resumed = run_cli([*args[:-2], f"iterations={stopped + 2}", f"hydra.run.dir={run}"], cwd=tmp_path)
+    resumed = run_cli(args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "prev.pkl" in resumed.stderr and f"Resuming {run} from iteration {prev_iter}" in resumed.stderr
     summary = strict((run / "summary.json").read_text())
@@ -244,8 +244,7 @@ def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_pa
 
     # resuming with a different config: refused before anything in the directory changes
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
-    refused = run_cli([*args[:-2], f"iterations={stopped + 2}", "optim.lr=0.5", f"hydra.run.dir={run}"],
-                      cwd=tmp_path)
+    refused = run_cli([*args, "optim.lr=0.5"], cwd=tmp_path)
     line = one_line_error(refused)
     assert "different config" in line and "optim.lr" in line
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
@@ -314,30 +313,24 @@ def test_a_non_finite_evaluation_is_a_divergence(tmp_path, monkeypatch):
     assert any("eval/loss" in r and r["eval/loss"] is None for r in rows)
 
 
-@pytest.mark.slow
-def test_divergence_exits_1_and_its_line_is_last_and_consistent(tmp_path):
-    run = tmp_path / "run"
-    out = run_cli([*TINY, "iterations=50", "checkpoint_every=1000", "optim.lr=1e30", f"hydra.run.dir={run}"],
-                  cwd=tmp_path)
-    line = one_line_error(out, code=1)
-    summary = strict((run / "summary.json").read_text())
-    assert summary["status"] == "diverged"
-    assert line.startswith("run failed: non-finite") and f"at iteration {summary['iterations']};" in line
-    assert "no checkpoint had been written yet" in line
-
-
 # --- sweeps -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_sweep_run_that_fails_inside_is_failed_with_its_error(tmp_path):
+def test_sweep_rows_say_diverged_and_failed_with_their_error_lines(tmp_path):
+    """Run 0 diverges (exit 1, its line consistent with summary.json, no checkpoint claimed); run 1
+    fails on what only it can see (a corrupt checkpoint in its directory): ``failed``, not ``missing``."""
     sweep = tmp_path / "sweep"
     (sweep / "1" / "checkpoints").mkdir(parents=True)
-    (sweep / "1" / checkpoint.CHECKPOINT).write_bytes(b"not a checkpoint")   # only run 1 can see it
-    out = run_cli(["-m", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
-    assert out.returncode == 2, out.stderr[-3000:]
+    (sweep / "1" / checkpoint.CHECKPOINT).write_bytes(b"not a checkpoint")
+    out = run_cli(["-m", *TINY, "iterations=20", "checkpoint_every=1000", "optim.lr=1e30", "seed=0,1",
+                   f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
     table = strict((sweep / "sweep_summary.json").read_text())
     rows = {r["job"]: r for r in table["runs"]}
-    assert rows["0"]["status"] == "completed"
+    assert rows["0"]["status"] == "diverged"
+    diverged = next(x for x in out.stderr.splitlines() if x.startswith("run failed: non-finite"))
+    assert f"at iteration {rows['0']['iterations']};" in diverged and "no checkpoint had been written yet" in diverged
+    assert strict((sweep / "0" / "summary.json").read_text())["error"] == diverged[len("run failed: "):]
     assert rows["1"]["status"] == "failed" and "no valid checkpoint" in rows["1"]["error"]
 
 
