@@ -6,15 +6,15 @@
 
 Each optimizer trains task=kalman (rnn N=32, B=32, T=100) with its default hyperparameters from
 conf/optim/ through the runner itself (``sofo_lab.runner.train``, logger=none), evaluating on
-the fixed held-out batch every few iterations. Time is the runner's ``time_s`` (host loop wall
-clock from the first iteration, compilation excluded; evaluation included, the same for all).
-Writes the run directories next to the JSON, the curves in the JSON, and a PNG.
+the fixed held-out batch every few iterations (and at iteration 0). Time is the runner's
+``time_s``: training seconds, with compilation, evaluation and checkpoints excluded. The figure and
+the table are drawn by ``sofo_lab.compare`` (the code behind ``sofo-compare``) from the run
+directories, which are kept next to the JSON: ``<out>.png``, ``<out>.md``, ``<out>.csv``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from pathlib import Path
 
@@ -44,29 +44,6 @@ def run(optim: str, base: list[str], run_dir: Path, iterations: int) -> dict:
             "final": summary["final"], "compile_s": summary["profile"]["compile_s"],
             "step_time_median_s": summary["profile"].get("step_time_median_s"),
             "oracle_mse": summary["final"].get("eval/oracle_mse")}
-
-
-def plot(result: dict, path: Path) -> None:
-    plt = bc.pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.3))
-    for r in result["runs"]:
-        pts = [(p["time_s"], p["eval_loss"]) for p in r["curve"] if math.isfinite(p["eval_loss"])]
-        if pts:
-            ax.plot(*zip(*pts), "o-", ms=2.5, lw=1.2, label=f"{r['optim']}" + ("" if r["status"] == "completed"
-                                                                             else f" ({r['status']})"))
-    oracle = next((r["oracle_mse"] for r in result["runs"] if r["oracle_mse"]), None)
-    if oracle:
-        ax.axhline(oracle, color="k", ls=":", lw=1, label=f"oracle Kalman filter ({oracle:.3g})")
-    ax.set(xscale="log", yscale="log", xlabel="wall-clock seconds (compilation excluded)",
-           ylabel="held-out loss (MSE)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
-    pr = result["problem"]
-    ax.set_title(f"Loss vs wall-clock: kalman, rnn N={pr['n_hidden']}, B={pr['batch_size']}, T={pr['n_steps']}, "
-                 f"{pr['iterations']} it.\n{bc.machine_line(result['machine'])}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main() -> None:
@@ -100,7 +77,12 @@ def main() -> None:
                           "iterations_per_optim": {r["optim"]: r["iterations"] for r in runs},
                           "hyperparameters": "conf/optim/<name>.yaml defaults"},
               "runs": runs, "machine": bc.machine()}
-    plot(result, path.with_suffix(".png"))
+    from sofo_lab.compare import compare
+
+    pr = result["problem"]
+    compare([path.parent / "runs"], out=path.parent, stem=path.stem,
+            title=f"Loss vs training seconds: kalman, rnn N={pr['n_hidden']}, B={pr['batch_size']}, "
+                  f"T={pr['n_steps']}, {pr['iterations']} it.; {bc.machine_line(result['machine'])}")
     bc.save(path, result)
     print(f"wrote {path.with_suffix('.png')}")
 

@@ -330,7 +330,7 @@ def markdown(rows: list[dict], loss: str, headline: str | None, refs: dict, titl
         for key, _, scale in PROFILE:
             mean, sd = row.get(f"{key}_mean"), row.get(f"{key}_sd")
             cells.append("–" if mean is None else _fmt(mean * scale, (sd or 0.0) * scale, row["n_runs"])
-                         if key == "step_time_median_s" else f"{mean * scale:.3g}")
+                         if key == "step_time_median_s" else f"{mean * scale:.4g}")
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Mean ± s.d. over the seeds of each configuration (completed runs' final evaluation); "
               "time/iteration is the median step, training seconds exclude compilation, evaluation and "
@@ -354,8 +354,10 @@ def write_csv(path: Path, rows: list[dict]) -> None:
 
 
 # --- the command ----------------------------------------------------------------------------------
-def compare(paths, out: str | Path | None = None, spread: str = "minmax", title: str | None = None) -> dict:
-    """Read every run below ``paths``; write the figure(s), compare.md and compare.csv; return what was written."""
+def compare(paths, out: str | Path | None = None, spread: str = "minmax", title: str | None = None,
+            stem: str = "compare") -> dict:
+    """Read every run below ``paths``; write ``<stem>.png`` (``<stem>_<task>.png`` for several tasks),
+    ``<stem>.md`` and ``<stem>.csv`` into ``out`` (default: the first path); return what was written."""
     from sofo_lab.compare_plot import figure
 
     dirs = find_runs(paths)
@@ -373,16 +375,16 @@ def compare(paths, out: str | Path | None = None, spread: str = "minmax", title:
         loss = loss_key(task_runs)
         headline = headline_key(task_runs, loss)
         refs = {m: references(task_runs, m) for m in [loss] + ([headline] if headline else [])}
-        name = "compare.png" if len(by_task) == 1 else f"compare_{task}.png"
+        name = f"{stem}.png" if len(by_task) == 1 else f"{stem}_{task}.png"
         label = title or f"{task}: {len(groups)} configurations, {len(task_runs)} runs"
         figure(out / name, groups, loss, headline, refs, spread, label, common_settings(task_runs))
         written["figures"].append(str(out / name))
         task_rows = table_rows(groups, loss, headline)
         md.append(markdown(task_rows, loss, headline, refs, label))
         rows += [{"task": task, **r} for r in task_rows]
-    (out / "compare.md").write_text("\n".join(md))
-    write_csv(out / "compare.csv", rows)
-    written.update(markdown=str(out / "compare.md"), csv=str(out / "compare.csv"), runs=len(runs), rows=rows)
+    (out / f"{stem}.md").write_text("\n".join(md))
+    write_csv(out / f"{stem}.csv", rows)
+    written.update(markdown=str(out / f"{stem}.md"), csv=str(out / f"{stem}.csv"), runs=len(runs), rows=rows)
     return written
 
 
@@ -399,8 +401,11 @@ def after_sweep(sweep_dir) -> None:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(prog="sofo-compare", description=__doc__.split("\n\n")[0] + (
-        " Writes compare.png, compare.md and compare.csv into the first directory (or --out)."))
+    ap = argparse.ArgumentParser(prog="sofo-compare", description=(
+        "Compare runs and sweeps from the files they wrote: groups the runs by what differs between them "
+        "(seeds pooled) and writes compare.png (loss and headline metric against iteration and training "
+        "seconds, mean and spread over seeds, the task's reference levels), compare.md and compare.csv "
+        "(final metrics mean ± s.d., time per iteration, step memory) into the first directory (or --out)."))
     ap.add_argument("dirs", nargs="+", help="sweep directories (outputs/multirun/<time>) or run directories")
     ap.add_argument("--out", default=None, help="where to write the figure and tables (default: the first dir)")
     ap.add_argument("--spread", choices=("minmax", "sd"), default="minmax",

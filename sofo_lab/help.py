@@ -139,6 +139,9 @@ def _compose(overrides: list[str]):
         loader = GlobalHydra.instance().config_loader()
         options = {g: loader.get_group_options(g) for g in SHOWN_GROUPS}
     sources = [Path(s["path"]) for s in cfg.hydra.runtime.config_sources if s["schema"] == "file"]
+    for group in SHOWN_GROUPS:   # the --config-dir / hydra.searchpath ones too
+        found = {f.stem for src in sources for f in (src / group).glob("*.yaml")}
+        options[group] = sorted(set(options.get(group) or []) | found)
     return cfg, options, sources
 
 
@@ -149,8 +152,21 @@ def _find(sources: list[Path], group: str, option: str) -> Path | None:
 def render(overrides: list[str]) -> str:
     """The help page for the config composed from ``overrides``."""
     lines = [USAGE, ""]
+    args, extra_dirs, i = [], [], 0
+    while i < len(overrides):   # --config-dir DIR / -cd DIR / --config-dir=DIR: a user's own configs
+        a = overrides[i]
+        if a in ("--config-dir", "-cd") and i + 1 < len(overrides):
+            extra_dirs.append(overrides[i + 1])
+            i += 1
+        elif a.startswith("--config-dir="):
+            extra_dirs.append(a.split("=", 1)[1])
+        elif not a.startswith("-"):
+            args.append(a)
+        i += 1
+    if extra_dirs:
+        args.append("hydra.searchpath=[" + ",".join(f"file://{Path(d).resolve()}" for d in extra_dirs) + "]")
     try:
-        cfg, options, sources = _compose([o for o in overrides if not o.startswith("-")])
+        cfg, options, sources = _compose(args)
     except Exception as err:   # noqa: BLE001 - a bad override: say so, describe the defaults
         lines += [f"(could not compose these overrides: {str(err).splitlines()[0]}; showing the defaults)", ""]
         cfg, options, sources = _compose([])

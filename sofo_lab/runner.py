@@ -170,6 +170,9 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
         start = int(ts.iteration)
         if resumed_from is not None:
             print(f"Resuming {run_dir} from iteration {start}", file=sys.stderr)
+        t0 = time.perf_counter()   # a first, discarded update: its one-off runtime set-up stays out of time_s
+        jax.block_until_ready(compiled(ts))
+        profile["first_step_s"] = time.perf_counter() - t0
         if evaluate is not None:   # compiled here so that no evaluation's compilation lands in time_s
             t0 = time.perf_counter()
             evaluate = evaluate.lower(ts.params).compile()
@@ -186,19 +189,17 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
                 wandb_logger.log(record)
         bar = tqdm(total=iterations, initial=min(start, iterations), desc=run_label(setup, choices),
                    disable=not cfg.get("progress", True), dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
-        pending, last_ready, busy = None, None, True
+        pending, last_ready = None, None
 
         def handle(i, metrics, ts_after):
-            nonlocal last_ready, busy
+            nonlocal last_ready
             m = _host(metrics)
             now = clock.now()
-            if last_ready is not None and not busy:
+            if last_ready is not None:   # on the training clock: pauses are not in it
                 durations.append(now - last_ready)
-            last_ready, busy = now, False
+            last_ready = now
             if not m.pop("finite"):
-                raise RunFailed(f"non-finite loss or parameters at iteration {i} (loss={m['loss']}); "
-                                f"stopped. The last good checkpoint in {run_dir / checkpoint.CHECKPOINT} is kept; "
-                                "lower optim.lr or add optim.clip_norm")
+                raise checkpoint.divergence(run_dir, i + 1, f"non-finite loss or parameters (loss={m['loss']})")
             done = i + 1
             bar.update(1)
             record = {}
@@ -208,7 +209,6 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
             if evaluate is not None and (done % cfg.eval_every == 0 or done == iterations):
                 with clock.pause("eval"):
                     record.update({f"eval/{k}": v for k, v in _host(evaluate(ts_after.params)[0]).items()})
-                busy = True
             if record:
                 with clock.pause("log"):
                     record = {"iteration": done, "time_s": round(now, 4), **record}
@@ -221,7 +221,6 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
             if done % cfg.checkpoint_every == 0 or done == iterations:
                 with clock.pause("checkpoint"):
                     checkpoint.save(run_dir, ts_after, container)
-                busy = True
 
         def pauses(done):   # evaluates or checkpoints after update `done`
             return (done % cfg.checkpoint_every == 0 or done == iterations

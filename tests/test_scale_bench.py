@@ -47,7 +47,8 @@ def test_loss_vs_wallclock_quick(tmp_path):
     res = _run("bench_loss_vs_wallclock.py", tmp_path / "loss.json")
     assert [r["optim"] for r in res["runs"]] == ["adam", "sofo"]
     for r in res["runs"]:
-        assert r["status"] == "completed" and len(r["curve"]) == 10
+        assert r["status"] == "completed" and len(r["curve"]) == 11          # iteration 0 and 10 evaluations
+        assert r["curve"][0]["iteration"] == 0 and r["curve"][0]["time_s"] == 0.0
         times = [p["time_s"] for p in r["curve"]]
         assert times == sorted(times) and all(p["eval_loss"] > 0 for p in r["curve"])
 
