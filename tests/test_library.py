@@ -139,24 +139,47 @@ def test_fgd_with_a_full_orthonormal_basis_is_the_exact_gradient():
         np.testing.assert_allclose(ravel_pytree(g)[0], exact, rtol=1e-9, atol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["uoro", "rtrl"])
-def test_a_stream_in_two_windows_is_the_same_stream_in_one(method):
-    """stream=True carries the network state (and UORO's s̃, θ̃ / RTRL's J) across calls."""
+def _two_windows():
     params, inputs, targets, _ = setup()
     inputs = {"u": jnp.concatenate([inputs["u"]] * 2), "bias": jnp.zeros((2 * T, B, O))}
     targets = jnp.concatenate([targets, targets[::-1]])
-    make = getattr(sofo_lab, method)
-    opt = make(gru_like, poisson, init_state={"h": jnp.zeros(N)}, batch_size=B, learning_rate=1e-2)
+    windows = [(jax.tree.map(lambda a: a[sl], inputs), targets[sl]) for sl in (slice(0, T), slice(T, 2 * T))]
+    return params, (inputs, targets), windows
+
+
+def test_rtrl_on_a_stream_in_two_windows_is_the_same_stream_in_one():
+    """stream=True carries the network state and RTRL's Jacobian across calls (RTRL is deterministic)."""
+    params, (inputs, targets), windows = _two_windows()
+    opt = sofo_lab.rtrl(gru_like, poisson, init_state={"h": jnp.zeros(N)}, batch_size=B, learning_rate=1e-2)
     key = jax.random.PRNGKey(5)
     whole, _, _ = opt.update(params, opt.init(params), inputs, targets, key)
-    half = lambda tree, sl: jax.tree.map(lambda a: a[sl], tree)  # noqa: E731
     p, s = params, opt.init(params)
-    for sl in (slice(0, T), slice(T, 2 * T)):
-        p, s, info = opt.update(p, s, half(inputs, sl), targets[sl], key)
+    for x, t in windows:
+        p, s, _ = opt.update(p, s, x, t, key)
     for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(whole)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
     assert not np.allclose(jax.tree.leaves(p)[0], jax.tree.leaves(params)[0])
     assert s.carry["h"].shape == (B, N)
+
+
+def test_uoro_stream_hands_the_engine_its_own_carry_and_estimate_window_after_window():
+    """The library's stream=True equals the engine (sofo_lab/optim/uoro.py) given the carry by hand."""
+    from sofo_lab.optim import uoro as engine_uoro
+
+    params, _, windows = _two_windows()
+    tx = optax.adam(1e-2)
+    opt = sofo_lab.uoro(gru_like, poisson, init_state={"h": jnp.zeros(N)}, batch_size=B, tx=tx)
+    system = sofo_lab.make_system(gru_like, poisson, {"h": jnp.zeros(N)}).with_params_like(params)
+    engine = engine_uoro.uoro(system, tx, batch_size=B)
+    p, s = params, opt.init(params)
+    q, e, carry = params, engine.init(params), system.init_state(params, B)
+    for i, (x, t) in enumerate(windows):
+        key = jax.random.PRNGKey(i)
+        p, s, info = opt.update(p, s, x, t, key)
+        q, e, carry, _ = engine.update(q, e, sofo_lab.make_batch(x, t), key, carry)
+    for a, b in zip(jax.tree.leaves((p, s.inner, s.carry)), jax.tree.leaves((q, e, carry))):
+        assert np.array_equal(a, b)
+    assert float(jnp.abs(s.carry["h"]).max()) > 0 and float(info["s_tilde_norm"]) > 0
 
 
 def test_training_a_plain_model_lowers_its_loss_with_every_method():
