@@ -18,6 +18,15 @@ def _clean(value):
     return value
 
 
+def _record(line: str) -> dict:
+    """One line of metrics.jsonl, or {} for a line torn by a kill mid-write (it is recomputed)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 class JsonlLogger:
     """One JSON object per logged iteration in ``metrics.jsonl``."""
 
@@ -26,7 +35,7 @@ class JsonlLogger:
         if resume_iteration is not None and self.path.exists():
             # Drop lines written after the checkpoint we resume from: they will be recomputed.
             kept = [line for line in self.path.read_text().splitlines()
-                    if line.strip() and json.loads(line).get("iteration", 0) <= resume_iteration]
+                    if _record(line).get("iteration", resume_iteration + 1) <= resume_iteration]
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)

@@ -313,6 +313,29 @@ def test_a_non_finite_evaluation_is_a_divergence(tmp_path, monkeypatch):
     assert any("eval/loss" in r and r["eval/loss"] is None for r in rows)
 
 
+@pytest.mark.slow
+def test_the_divergence_line_is_the_last_thing_printed_even_with_wandb(tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    out = subprocess.run([sys.executable, "-m", "sofo_lab.cli", *TINY, "logger=wandb", "iterations=20",
+                          "checkpoint_every=1000", "optim.lr=1e30", f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stdout, out.stdout[-3000:]
+    last = [x for x in out.stdout.splitlines() if x.strip()][-1]
+    summary = strict((run / "summary.json").read_text())
+    assert last.startswith("run failed: non-finite") and f"at iteration {summary['iterations']};" in last
+    assert "no checkpoint had been written yet" in last and summary["status"] == "diverged"
+
+
+def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path):
+    from sofo_lab.loggers import JsonlLogger
+
+    (tmp_path / "metrics.jsonl").write_text('{"iteration": 1}\n{"iteration": 2}\n{"iteration": 3, "train/lo')
+    JsonlLogger(tmp_path, resume_iteration=2).close()     # a SIGKILL mid-write left half a line
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"iteration": 1}\n{"iteration": 2}\n'
+
+
 # --- sweeps -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
