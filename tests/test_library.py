@@ -43,7 +43,8 @@ def total_loss(params, inputs, targets, weights, per_sample):
         h, y = gru_like(params, h, x)
         return h, jnp.sum(w * jax.vmap(per_sample)(y, t)) / B
 
-    return jax.lax.scan(body, {"h": jnp.zeros((B, N))}, (inputs, targets, weights))[1].sum()
+    h0 = jnp.broadcast_to(params["h0"], (B, N)) if "h0" in params else jnp.zeros((B, N))
+    return jax.lax.scan(body, {"h": h0}, (inputs, targets, weights))[1].sum()
 
 
 # --- the generic (Hessian) curvature path equals the closed forms -------------------------------
@@ -127,16 +128,18 @@ def test_sofo_direction_is_the_damped_gauss_newton_step_and_the_optimizer_applie
         assert float(metrics["loss"]) == pytest.approx(float(loss), rel=1e-6)   # metrics are float32
 
 
-def test_fgd_with_a_full_orthonormal_basis_is_the_exact_gradient():
+def test_fgd_with_a_full_orthonormal_basis_is_the_exact_gradient_also_of_a_learned_initial_state():
     with jax.enable_x64(True):
         params, inputs, targets, weights = setup()
-        params = jax.tree.map(lambda x: x.astype(jnp.float64), params)
+        params = jax.tree.map(lambda x: x.astype(jnp.float64), {**params, "h0": jnp.linspace(-0.5, 0.5, N)})
         flat, unravel = ravel_pytree(params)
-        f = sofo_lab.value_and_fgd_direction(gru_like, poisson, init_state={"h": jnp.zeros(N)},
-                                             n_tangents=flat.size, orthonormalize=True)
+        learned = lambda p, batch_size: {"h": jnp.broadcast_to(p["h0"], (batch_size, N))}  # noqa: E731
+        f = sofo_lab.value_and_fgd_direction(gru_like, poisson, init_state=learned, n_tangents=flat.size,
+                                             orthonormalize=True)
         _, g, _ = f(params, inputs, targets, jax.random.PRNGKey(0), weights=weights)
         exact = jax.grad(lambda th: total_loss(unravel(th), inputs, targets, weights, poisson))(flat)
         np.testing.assert_allclose(ravel_pytree(g)[0], exact, rtol=1e-9, atol=1e-12)
+        assert float(jnp.abs(g["h0"]).max()) > 1e-3             # the initial state gets credit
 
 
 def _two_windows():
