@@ -1,20 +1,33 @@
 """Turn a composed config into the pieces of a run, validating every value on the way.
 
+Each ``task``, ``model`` and ``optim`` config names what it builds with Hydra's ``_target_``
+(conf/task/reach.yaml: ``_target_: sofo_lab.tasks.reach.Reach``); ``build`` instantiates it with
+``hydra.utils.instantiate``, so a user's own class from their own files (``--config-dir``,
+docs/library.md) is built exactly as a built-in one. What the engine adds at build time:
+
+- model: ``n_inputs``, ``n_outputs`` from the task, and the task's ``model_settings()`` (e.g. the
+  reach's ``dt``, ``tau`` and private noise) for every such key the model's YAML leaves ``null``;
+- optim: ``system``, ``iterations``, ``n_steps`` and ``episodic``.
+
 ``build`` is used twice: by the CLI before Hydra starts (so a bad value fails in one line
 before any run directory or SLURM job exists) and by the runner itself.
 """
 from __future__ import annotations
 
+import inspect
+import logging
+import os
+import warnings
 from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
 from sofo_lab.errors import ConfigError
-from sofo_lab.models import MODELS
-from sofo_lab.optim import build_optimizer
-from sofo_lab.tasks import task_class
 
 RUN_INTS = ("iterations", "batch_size", "log_every", "eval_every", "checkpoint_every")
+# A discrete-time model (GRU, LSTM) steps once per task step: it needs no dt or time constant,
+# so dropping these task settings changes nothing the task defines and goes unannounced.
+TIME_SETTINGS = ("dt", "tau")
 
 
 class Setup(NamedTuple):
@@ -32,22 +45,117 @@ def positive_int(cfg, key: str) -> int:
     return value
 
 
-def _kwargs(node: DictConfig, group: str) -> dict:
-    if not isinstance(node, DictConfig) or "name" not in node:
-        raise ConfigError(group, node, f"pick a {group} config with {group}=<name>")
-    kwargs = OmegaConf.to_container(node, resolve=True)
-    kwargs.pop("name")
-    return kwargs
+def locate(target, key: str):
+    """The class or factory a ``_target_`` names (``hydra.utils.get_object``), or a one-line error."""
+    from hydra.utils import get_object
 
-
-def _construct(cls, kwargs: dict, group: str):
+    if not isinstance(target, str) or not target:
+        raise ConfigError(key, target, "must be the dotted path of a class or factory, e.g. mylab.flipflop.FlipFlop")
+    log = logging.getLogger("hydra.utils")
+    disabled, log.disabled = log.disabled, True   # get_object logs the error that we report in one line
     try:
-        return cls(**kwargs)
-    except TypeError as err:   # a key the constructor does not know: name it
-        raise ConfigError(group, sorted(kwargs), f"{cls.__name__} rejected these keys ({err})") from None
+        return get_object(target)
+    except Exception as err:  # noqa: BLE001 - ImportError, AttributeError, or the module's own error
+        reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+        raise ConfigError(key, target, f"cannot be imported ({reason}); its module must be importable: on "
+                                       "PYTHONPATH, installed, or in the working directory") from err
+    finally:
+        log.disabled = disabled
 
 
-def build(cfg: DictConfig) -> Setup:
+def accepted_keys(obj) -> set[str] | None:
+    """The keyword arguments ``obj`` (a class or function) takes; None when it takes any (``**kwargs``
+    all the way up the class hierarchy)."""
+    functions = [vars(c)["__init__"] for c in obj.__mro__ if "__init__" in vars(c)] if isinstance(obj, type) else [obj]
+    names: set[str] = set()
+    for fn in functions:
+        if fn is object.__init__:
+            return names
+        params = inspect.signature(fn).parameters
+        names |= {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            return names
+    return None
+
+
+def _node(cfg: DictConfig, group: str) -> DictConfig:
+    node = cfg.get(group)
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise ConfigError(group, None if node is None else OmegaConf.to_container(node),
+                          f"pick a {group} config with {group}=<name>; a config of your own names its class "
+                          f"with _target_ (docs/library.md)")
+    return node
+
+
+def instantiate(cfg: DictConfig, group: str, **runtime):
+    """``hydra.utils.instantiate(cfg.<group>, **runtime)``, every failure a one-line ``ConfigError``."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate as hydra_instantiate
+
+    node = _node(cfg, group)
+    target = node._target_
+    obj = locate(target, f"{group}._target_")
+    keys = [k for k in node.keys() if not (k.startswith("_") and k.endswith("_"))]
+    accepted = accepted_keys(obj) if callable(obj) else None
+    if accepted is not None:
+        unknown = [k for k in keys if k not in accepted]
+        if unknown:
+            allowed = sorted(accepted - set(runtime))
+            raise ConfigError(f"{group}.{unknown[0]}", OmegaConf.select(node, unknown[0]),
+                              f"unknown key; {target} takes {allowed}")
+    try:
+        return hydra_instantiate(node, **runtime, _convert_="all")
+    except InstantiationException as err:
+        cause = err.__cause__
+        if isinstance(cause, ConfigError):
+            raise cause.with_traceback(None) from None
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
+        raise ConfigError(group, target, f"could not be built ({reason.splitlines()[0]}); "
+                                         "HYDRA_FULL_ERROR=1 shows the traceback") from err
+
+
+def _model(cfg: DictConfig, task, choice: str | None):
+    """The model, given the task's sizes and the task's ``model_settings()``.
+
+    A model key left ``null`` (conf/model/rnn.yaml: ``dt``, ``tau``, ``noise_amplitude``) takes the
+    task's setting of that name, else the model's own default (its signature). A non-time setting
+    the model cannot take (the reach's private noise with model=gru) is announced in one warning.
+    """
+    node = _node(cfg, "model")
+    obj = locate(node._target_, "model._target_")
+    accepted = accepted_keys(obj)
+    settings = task.model_settings()
+    plain = OmegaConf.to_container(node, resolve=True)
+    runtime = {}
+    for key, value in settings.items():
+        if key in plain:
+            if plain[key] is None:
+                plain[key] = value
+        elif accepted is None or key in accepted:
+            runtime[key] = value
+        elif key not in TIME_SETTINGS and value:
+            warnings.warn(f"model={choice or node._target_} has no {key}: the task's {key}={value} is not applied "
+                          f"(a model that takes {key}, e.g. model=rnn, applies it)", stacklevel=2)
+    defaults = _signature_defaults(obj)
+    for key in [k for k, v in plain.items() if v is None and k in defaults]:
+        del plain[key]   # null and not set by the task: the model's own default
+    return instantiate({"model": OmegaConf.create(plain)}, "model", n_inputs=task.model_n_inputs,
+                       n_outputs=task.model_n_outputs, **runtime)
+
+
+def _signature_defaults(obj) -> dict:
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):
+        return {}
+    return {n: p.default for n, p in params.items() if p.default is not p.empty}
+
+
+def build(cfg: DictConfig, choices: dict | None = None) -> Setup:
+    """Build task, model, system and optimizer from ``cfg``; ``choices`` (Hydra's group choices, e.g.
+    ``{"model": "gru"}``) only names things in messages."""
     for key in RUN_INTS:
         positive_int(cfg, key)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
@@ -57,18 +165,11 @@ def build(cfg: DictConfig) -> Setup:
     if cfg.get("eval_batch_size") is not None:
         positive_int(cfg, "eval_batch_size")
 
-    task = _construct(task_class(cfg.task.name), _kwargs(cfg.task, "task"), "task")
+    task = instantiate(cfg, "task")
     task.check_batch_size(batch_size)
 
-    model = None
-    if task.needs_model:
-        kwargs = _kwargs(cfg.model, "model")
-        name = cfg.model.name
-        if name not in MODELS:
-            raise ConfigError("model.name", name, f"choose one of {sorted(MODELS)}")
-        model = _construct(MODELS[name], dict(n_inputs=task.model_n_inputs, n_outputs=task.model_n_outputs, **kwargs),
-                           "model")
+    model = _model(cfg, task, (choices or {}).get("model")) if task.needs_model else None
     system = task.make_system(model)
-    optimizer = build_optimizer(cfg.optim, system, episodic=task.episodic, iterations=cfg.iterations,
-                                n_steps=task.n_steps)
+    optimizer = instantiate(cfg, "optim", system=system, episodic=task.episodic, iterations=cfg.iterations,
+                            n_steps=task.n_steps)
     return Setup(task, model, system, optimizer, eval_batch_size)

@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -30,15 +31,47 @@ def config_dir() -> str:
 
 
 CONF_DIR = config_dir()
-GROUPS = ("task", "model", "optim", "logger", "experiment")
-_FLAGS_WITHOUT_RUN = ("-h", "--help", "--hydra-help", "-i", "--info", "-c", "--cfg", "-p", "--package",
-                      "--resolve", "-sc", "--shell-completion", "--version", "-cp", "--config-path",
-                      "-cd", "--config-dir", "-cn", "--config-name")
+GROUPS = ("task", "model", "optim", "logger", "experiment")   # the groups `sofo-run --help` is about
 _exit_code = 0
 
 
-def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
+class Command(NamedTuple):
+    """What Hydra will do with a command line, read with Hydra's own argument parser."""
+
+    runs: bool              # a run or a sweep (not --help, --cfg, --info or shell completion)
+    multirun: bool
+    config_name: str
+    overrides: list[str]    # the user's overrides
+    search: list[str]       # the ``hydra.searchpath=[...]`` override (the user's, with --config-dir's dir), or []
+
+
+def command(argv: list[str]) -> Command:
+    from hydra._internal.utils import get_args_parser   # the parser @hydra.main uses
+
+    args = get_args_parser().parse_args(argv)   # a bad flag exits here exactly as Hydra would
+    runs = not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+                or args.config_path)   # -cp points at another app's configs: Hydra's business
+    overrides, search = [], []
+    for o in args.overrides:
+        (search if o.split("=", 1)[0].lstrip("+") == "hydra.searchpath" else overrides).append(o)
+    if args.config_dir is not None:   # Hydra adds it to the search path: the same, as hydra.searchpath
+        path = Path(args.config_dir).expanduser().resolve()
+        if not path.is_dir():
+            raise ConfigError("--config-dir", args.config_dir, "is not a directory; pass the folder holding "
+                                                               "your task/, model/ or optim/ configs")
+        entries = [repr(str(v)) for o in _parse(search) for v in o.value()] + [repr(f"file://{path}")]
+        search = [f"hydra.searchpath=[{','.join(entries)}]"]
+    return Command(runs, bool(args.multirun), args.config_name or "config", overrides, search)
+
+
+def _options(group: str, search: tuple[str, ...] = ()) -> list[str]:
+    """The configs of ``group`` on Hydra's search path: the package's conf/ and the user's dirs."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        return sorted(loader.get_group_options(group, config_name="config", overrides=list(search)))
 
 
 def _parse(overrides: list[str]):
@@ -63,42 +96,63 @@ def _expand(parsed) -> list[list[str]]:
     return [list(c) for c in itertools.islice(itertools.product(*axes), 256)]
 
 
-def _check_groups(parsed) -> None:
+def _check_groups(parsed, search: list[str]) -> set[str]:
+    """Every group choice names a config on the search path; returns the overridden groups."""
+    groups = set()
     for o in parsed:
-        key = o.key_or_group.lstrip("+~")
-        if key in GROUPS and not o.is_delete():
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-            for value in values:
-                if value not in _options(key) and value != "null":
-                    raise ConfigError(key, value, f"unknown {key}; choose one of {_options(key)}")
+        key = o.key_or_group
+        options = _options(key, tuple(search))
+        if not options:
+            continue   # a config value, not a group
+        groups.add(key)
+        if o.is_delete():
+            continue
+        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+        for value in values:
+            if value not in options and value != "null":
+                raise ConfigError(key, value, f"unknown {key}; choose one of {options}"
+                                              + ("" if search else " (your own: --config-dir, docs/library.md)"))
+    return groups
 
 
-def _compose(overrides: list[str]) -> DictConfig:
+def _check_keys(parsed, base: DictConfig) -> None:
+    """An override without ``+`` must name a key the composed config has (Hydra would refuse it too;
+    this says which keys there are)."""
+    tree = OmegaConf.to_container(base, resolve=False)
+    for o in parsed:
+        if o.is_add() or o.is_force_add() or o.is_delete():
+            continue
+        node, parts = tree, o.key_or_group.split(".")
+        for depth, part in enumerate(parts):
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
+            else:
+                parent = ".".join(parts[:depth])
+                known = sorted(k for k in node if k != "hydra") if isinstance(node, dict) else []
+                value = o.get_value_element_as_str() if not o.is_sweep_override() else "..."
+                raise ConfigError(o.key_or_group, value, f"unknown key; {parent or 'the top level'} has {known} "
+                                                         f"(add a new key with +{o.key_or_group}=...)")
+
+
+def _compose(combo: list[str], groups: set[str], search: list[str], config_name: str = "config") -> DictConfig:
+    """Compose one combination as Hydra will, after checking its keys; Hydra's own refusals
+    (for anything else) end in one line too."""
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
+    parsed = _parse(combo)
+    chosen = [c for c, o in zip(combo, parsed) if o.key_or_group in groups]
     try:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            return compose("config", overrides=overrides, return_hydra_config=True)
-    except HydraException as err:
+            base = compose(config_name, overrides=[*chosen, *search], return_hydra_config=True)
+            _check_keys([o for o in parsed if o.key_or_group not in groups], base)
+            return compose(config_name, overrides=[*combo, *search], return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        bad = next((o for o in overrides if f"'{o.split('=')[0].lstrip('+~')}'" in lines[0]), " ".join(overrides))
-        key = bad.split("=")[0]
-        if "not in struct" in str(err) or "Could not override" in lines[0]:
-            parent = key.rsplit(".", 1)[0] if "." in key else None
-            base = _compose_quiet([o for o in overrides if o != bad])
-            node = OmegaConf.select(base, parent) if parent else base
-            known = sorted(k for k in node.keys() if k != "hydra") if isinstance(node, DictConfig) else []
-            raise ConfigError(key, bad.split("=", 1)[-1],
-                              f"unknown key; {parent or 'the top level'} has {known} (add a new key with +{bad})") from None
-        raise ConfigError(key, bad.split("=", 1)[-1], lines[-1] if len(lines) > 1 else lines[0]) from None
-
-
-def _compose_quiet(overrides):
-    try:
-        return _compose(overrides)
-    except ConfigError:
-        return _compose([])
+        raise ConfigError("overrides", " ".join(combo), lines[0] if lines else type(err).__name__) from None
 
 
 def _check_writable(cfg: DictConfig, multirun: bool) -> None:
@@ -108,9 +162,7 @@ def _check_writable(cfg: DictConfig, multirun: bool) -> None:
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     try:
         static.mkdir(parents=True, exist_ok=True)
-        probe = static / f".sofo-write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
+        rundir.probe(static)   # writes and deletes 1 MiB: a full disk fails here
     except OSError as err:
         raise ConfigError(key, raw, f"output directory is not writable ({err.strerror}); "
                                     f"pass a writable {key}=...") from None
@@ -118,21 +170,24 @@ def _check_writable(cfg: DictConfig, multirun: bool) -> None:
 
 def precheck(argv: list[str]) -> None:
     """Compose and build every combination the command asks for; raise ConfigError on bad input."""
-    if any(a.split("=")[0] in _FLAGS_WITHOUT_RUN for a in argv):
+    cmd = command(argv)
+    if not cmd.runs:
         return
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    overrides = [a for a in argv if not a.startswith("-")]
-    parsed = _parse(overrides)
-    _check_groups(parsed)
+    parsed = _parse(cmd.overrides)
+    groups = _check_groups(parsed, cmd.search)
     from sofo_lab import resources
     from sofo_lab.assemble import build
 
     for i, combo in enumerate(_expand(parsed)):
-        cfg = per_optim.apply(_compose(combo), known=_options("optim"))
+        cfg = per_optim.apply(_compose(combo, groups, cmd.search, cmd.config_name),
+                              known=_options("optim", tuple(cmd.search)))
+        multirun = cmd.multirun or cfg.hydra.mode == "MULTIRUN"
+        choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
+        setup = build(cfg, choices)   # before anything is written: a bad value leaves no directory
         if i == 0:
-            _check_writable(cfg, multirun or cfg.hydra.mode == "MULTIRUN")
-            rundir.precheck(cfg, multirun or cfg.hydra.mode == "MULTIRUN")   # lock; resumable checkpoint
-        resources.check_shapes(build(cfg), cfg, launcher=cfg.hydra.get("launcher"))
+            _check_writable(cfg, multirun)
+            rundir.precheck(cfg, multirun)   # lock; resumable checkpoint
+        resources.check_shapes(setup, cfg, launcher=cfg.hydra.get("launcher"))
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
@@ -157,10 +212,13 @@ def _run(cfg: DictConfig):
         summary = train(cfg, Path(hc.runtime.output_dir), choices)
     except ConfigError as err:
         _report(f"error: {err}", 2)
-        return float("nan")
+        return note_failure(err)
     except RunFailed as err:
         _report(f"run failed: {err}", 1)
-        return float("nan")
+        return note_failure(err)
+    except OSError as err:   # a full disk or lost permissions mid-run: one line, the checkpoint kept
+        _report(f"run failed: {(failed := rundir.write_failed(err, Path(hc.runtime.output_dir)))}", 1)
+        return note_failure(failed)
     return summary["final"].get("loss", float("nan"))
 
 
@@ -181,7 +239,20 @@ def _share_one_gpu(argv: list[str]) -> None:
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 
+def _user_modules_importable() -> None:
+    """Modules in the working directory import as under ``python -m`` (a ``_target_`` such as
+    ``mylab.flipflop.FlipFlop``), here and in every process a launcher starts (submitit_local,
+    SLURM): the directory is appended to ``sys.path`` (it cannot shadow an installed package) and
+    to ``PYTHONPATH``, whose relative entries become absolute."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    entries = [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    os.environ["PYTHONPATH"] = os.pathsep.join(entries + ([cwd] if cwd not in entries else []))
+
+
 def main() -> None:
+    _user_modules_importable()
     _share_one_gpu(sys.argv[1:])
     console.install()
     if any(a in ("-h", "--help") for a in sys.argv[1:]):   # sofo_lab/help.py; Hydra's own: --hydra-help
@@ -196,7 +267,12 @@ def main() -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
-    _run()
+    try:
+        _run()
+    except KeyboardInterrupt:   # Ctrl-C before training started (training itself checkpoints and exits 130)
+        print("interrupted before training started: nothing new to checkpoint (checkpoints already written are "
+              "kept); rerun the same command to start or resume", file=sys.stderr)
+        sys.exit(130)
     sys.exit(_exit_code)
 
 

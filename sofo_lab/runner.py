@@ -26,7 +26,8 @@ from sofo_lab.assemble import Setup, build
 from sofo_lab.errors import ConfigError, RunFailed
 from sofo_lab.loggers import JsonlLogger, WandbLogger
 from sofo_lab.reporting import format_metrics, plot_loss_curve, write_json_atomic
-from sofo_lab.system import GeneratedBatch, StepInput, count_params, rollout
+from sofo_lab.system import GeneratedBatch, StepInput, rollout
+from sofo_lab.tree import count_params
 
 
 class TrainState(NamedTuple):
@@ -127,6 +128,20 @@ def make_eval(setup: Setup, seed: int, batch_size: int):
     return evaluate, batch
 
 
+def log_due(done: int, log_every: int, geometric: float | None = None) -> bool:
+    """Whether iteration ``done`` writes train metrics: every ``log_every`` iterations, or with
+    ``log_geometric: f`` (> 1) at geometrically spaced iterations, each time ``done`` passes a
+    power of f (the UORO authors' ``train.lua`` logs at ×1.01 steps), so a 10⁷-character stream
+    writes ~ln(iterations)/ln(f) records. Stateless in ``done``: a resumed run logs the same rows."""
+    if not geometric:
+        return done % log_every == 0
+    if isinstance(geometric, bool) or not isinstance(geometric, (int, float)) or geometric <= 1:
+        raise ConfigError("log_geometric", geometric, "must be a number > 1 (e.g. 1.01) or null (log every log_every)")
+    if done <= 1:
+        return True
+    return math.floor(math.log(done) / math.log(geometric)) > math.floor(math.log(done - 1) / math.log(geometric))
+
+
 def _host(metrics: dict) -> dict:
     return {k: (v.item() if np.ndim(v) == 0 else v) for k, v in jax.device_get(metrics).items()}
 
@@ -135,20 +150,17 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
     """Run (or resume) the experiment described by ``cfg`` in ``run_dir``; return the summary."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    setup = build(cfg)
+    rundir.lock(run_dir)                            # one process per run directory
+    setup = build(cfg, choices)
+    estimate = resources.check_shapes(setup, cfg)   # refuse what cannot fit before allocating it
     device_peak = profiling.DevicePeak()
     container = OmegaConf.to_container(cfg, resolve=True)
     B, iterations = cfg.batch_size, cfg.iterations
 
     ts = init_train_state(setup, cfg.seed, B)
     resumed_from = None
-    saved = checkpoint.load(run_dir) if cfg.get("resume", True) else None
+    saved = checkpoint.resume_payload(run_dir, container) if cfg.get("resume", True) else None
     if saved is not None:
-        if saved["config_hash"] != checkpoint.config_hash(container):
-            diff = "; ".join(checkpoint.differences(saved["config"], checkpoint.config_fingerprint(container))[:4])
-            raise ConfigError("hydra.run.dir", str(run_dir),
-                              f"holds a checkpoint of a different config ({diff}); rerun with the same "
-                              "overrides to resume, pick a new hydra.run.dir, or set resume=false")
         ts = jax.tree.map(jnp.asarray, saved["state"])
         resumed_from = int(ts.iteration)
 
@@ -163,6 +175,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
     try:
         step = make_train_step(setup, cfg.seed, B)
         compiled, lower_s, compile_s = profiling.compile_timed(step, ts)
+        resources.check_compiled(cfg, profiling.compiled_memory_bytes(compiled), estimate)
         evaluate, eval_batch = make_eval(setup, cfg.seed, setup.eval_batch_size)
         profile = {"n_params": count_params(ts.params), "lower_s": lower_s, "compile_s": compile_s,
                    "step_memory_bytes": profiling.compiled_memory_bytes(compiled),
@@ -203,7 +216,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
             done = i + 1
             bar.update(1)
             record = {}
-            if done % cfg.log_every == 0 or done == iterations:
+            if log_due(done, cfg.log_every, cfg.get("log_geometric")) or done == iterations:
                 record.update({f"train/{k}": v for k, v in m.items()})
                 bar.set_postfix(loss=f"{m['loss']:.4g}", refresh=False)
             if evaluate is not None and (done % cfg.eval_every == 0 or done == iterations):
@@ -245,6 +258,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
         bar.close()
     except RunFailed as err:
         status, error = "diverged", str(err)
+        ts = ts._replace(iteration=getattr(err, "iteration", ts.iteration))   # the update that diverged
         bar.close()
     finally:
         stop.uninstall()

@@ -49,7 +49,7 @@ class AnBn(CharStream):
     name: ClassVar[str] = "anbn"
     vocabulary = ("\n", "a", "b")
 
-    def __init__(self, n_steps: int = 32, n_min: int = 1, n_max: int = 32, name: str = "anbn"):
+    def __init__(self, n_steps: int = 32, n_min: int = 1, n_max: int = 32):
         check_n_steps(n_steps)
         if not isinstance(n_min, int) or not isinstance(n_max, int) or not 1 <= n_min <= n_max:
             raise ConfigError("task.n_min", n_min, f"need integers 1 <= n_min <= n_max (n_max={n_max})")

@@ -48,6 +48,16 @@ class Task:
         """The system the optimizers train: by default the model alone with the task's loss."""
         return ModelSystem(model, self.loss)
 
+    def model_settings(self) -> dict:
+        """Settings this task gives the network, e.g. ``{"dt": 0.01, "tau": 0.02, "noise_amplitude": 0.28}``.
+
+        The engine passes each one to a model that takes it, unless the model's config sets it
+        (a model key left ``null`` takes the task's value); a model without such a setting warns
+        in one line that it is not applied (``dt``/``tau`` excepted: a discrete-time model steps
+        once per task step).
+        """
+        return {}
+
     def check_batch_size(self, batch_size: int) -> None:
         """Raise ``ConfigError`` when the batch size cannot work for this task."""
 

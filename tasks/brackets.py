@@ -49,7 +49,7 @@ class Brackets(CharStream):
     name: ClassVar[str] = "brackets"
 
     def __init__(self, n_steps: int = 32, n_saved: int = 1, gap_min: int = 5, gap_max: int = 5,
-                 n_symbols: int = 10, name: str = "brackets"):
+                 n_symbols: int = 10):
         check_n_steps(n_steps)
         for key, value, low in (("n_saved", n_saved, 1), ("gap_min", gap_min, 0), ("n_symbols", n_symbols, 2)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:

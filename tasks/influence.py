@@ -81,7 +81,7 @@ class Influence(Task):
     output_names: ClassVar[tuple[str, ...]] = ("s1",)
 
     def __init__(self, n_steps: int = 200, n_pos: int = 10, n_neg: int = 13, theta0: float = 0.5,
-                 state0: float = 1.0, target: float = 1.0, name: str = "influence"):
+                 state0: float = 1.0, target: float = 1.0):
         check_n_steps(n_steps)
         for key, value in (("n_pos", n_pos), ("n_neg", n_neg)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

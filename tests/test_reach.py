@@ -1,6 +1,5 @@
 """The motor tasks: trial structure, reachable targets, metrics, every optimizer through the arm,
 SOFO's sketch through the closed loop against reverse mode, and the benchmark's quick mode."""
-import importlib.util
 import json
 import math
 import subprocess
@@ -14,14 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from hydra.utils import get_object
+
 from sofo_lab.assemble import build
 from sofo_lab.errors import ConfigError
-from sofo_lab.optim import OPTIMIZERS
 from sofo_lab.runner import init_train_state, make_train_step
 from sofo_lab.system import rollout
 from sofo_lab.tasks.double_reach import DoubleReach
 from sofo_lab.tasks.reach import Reach
-from tests.conftest import compose_config
+from tests.conftest import compose_config, options
 
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED_OPTIMIZERS = ("adam", "sofo", "uoro", "tbptt")
@@ -141,12 +141,13 @@ def test_bad_timing_and_targets_raise_config_errors_and_tiny_trials_are_compress
     _phase_checks(task, jax.jit(task.sample, static_argnums=1)(jax.random.PRNGKey(4), 8))
 
 
-def test_every_required_optimizer_is_registered_and_importable():
+def test_every_required_optimizer_has_a_config_with_an_importable_target():
     for name in REQUIRED_OPTIMIZERS:
-        assert name in OPTIMIZERS and importlib.util.find_spec(OPTIMIZERS[name]) is not None, name
+        assert name in options("optim"), name
+        assert callable(get_object(compose_config([f"optim={name}"]).optim._target_)), name
 
 
-OPTIMS = [name for name in OPTIMIZERS if importlib.util.find_spec(OPTIMIZERS[name]) is not None]
+OPTIMS = options("optim")
 TINY_OPTIM = {"sofo": ["optim.n_tangents=4"], "fgd": ["optim.n_tangents=4"], "tbptt": ["optim.truncation=4"]}
 MODELS = ("rnn", "gru", "lstm")
 COMBOS = [(task, model, optim) for optim in OPTIMS for model in MODELS for task in ("reach", "double_reach")]

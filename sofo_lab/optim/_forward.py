@@ -78,6 +78,23 @@ def n_params(system) -> int:
     return int(sum(x.size for x in jax.tree.leaves(shapes)))
 
 
+def check_tangents(system, n_tangents, orthonormalize, prefix: str = "optim") -> tuple[int, bool]:
+    """Validate K = ``n_tangents`` (>= 1, and <= P when orthonormalizing) and ``orthonormalize``."""
+    from sofo_lab.checks import boolean
+    from sofo_lab.errors import ConfigError
+
+    k = n_tangents
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ConfigError(f"{prefix}.n_tangents", k, "must be an integer >= 1 (the number of tangent directions K)")
+    ortho = boolean(f"{prefix}.orthonormalize", orthonormalize)
+    if ortho:
+        p = n_params(system)
+        if k > p:
+            raise ConfigError(f"{prefix}.n_tangents", k, f"must be <= the {p} parameters when "
+                              f"{prefix}.orthonormalize=true (an orthonormal basis has at most P vectors)")
+    return k, ortho
+
+
 # --- sharding of the K lanes ----------------------------------------------------------------
 
 class LaneSharding(NamedTuple):

@@ -14,7 +14,8 @@ import optax
 
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.system import initial_state, rollout, tree_norm
+from sofo_lab.system import initial_state, rollout
+from sofo_lab.tree import tree_norm
 
 
 class BpttState(NamedTuple):
@@ -44,6 +45,7 @@ def bptt(system, transform: optax.GradientTransformation) -> Optimizer:
     return Optimizer(init_fn, update_fn)
 
 
-def from_config(cfg, system, *, episodic, iterations, n_steps):
+def from_config(system, *, iterations: int, n_steps: int, episodic: bool, **update) -> Optimizer:
+    """``optim=adam`` (conf/optim/adam.yaml): BPTT with the optax keys in ``update``."""
     del episodic, n_steps
-    return bptt(system, make_transform(cfg, iterations))
+    return bptt(system, make_transform(update, iterations))

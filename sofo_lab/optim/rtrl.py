@@ -9,12 +9,13 @@ RTRL carries ``J_t = ∂s_t/∂θ`` (flattened state of all B streams × P) forw
 
 With ``update_every`` ≥ the horizon (no update inside the trial) Σ g is exactly the BPTT
 gradient. ``J`` is zeroed whenever a trial resets. Memory O(B·dim s·P) and time O(P) forward
-steps per step: for small systems only (``max_jacobian`` guards the size); it is the ground
+steps per step: for small systems only (``max_jacobian`` caps J; the update's real need,
+about 2·P² + 4·S·P floats, must fit in memory); it is the ground
 truth UORO's estimate ``s̃θ̃ᵀ`` is tested against.
 
 References:
     R. J. Williams and D. Zipser, A learning algorithm for continually running fully recurrent
-    neural networks, Neural Computation 1(2), 1989; research/uoro_spec.md §1.
+    neural networks, Neural Computation 1(2), 1989.
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from sofo_lab import checks, resources
 from sofo_lab.errors import ConfigError
 from sofo_lab.optim.base import Optimizer
-from sofo_lab.optim.uoro import (batch_size_of, chars_transform, positive_int,
-                                 step_with_loss, tree_zeros)
-from sofo_lab.system import initial_state
+from sofo_lab.optim.transforms import make_transform
+from sofo_lab.system import initial_state, step_with_loss
+from sofo_lab.tree import tree_zeros
 
 
 class RtrlState(NamedTuple):
@@ -103,17 +105,24 @@ def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int,
     return Optimizer(init_fn, update_fn)
 
 
-def from_config(cfg, system, *, episodic, iterations, n_steps):
+def from_config(system, *, iterations: int, n_steps: int, episodic: bool, update_every, max_jacobian, batch_size,
+                **update) -> Optimizer:
+    """``optim=rtrl`` (conf/optim/rtrl.yaml); ``batch_size`` is the run's (B streams: J is [B·state, P])."""
     del episodic
-    update_every = positive_int(cfg, "update_every", 1)
-    batch_size = batch_size_of(cfg)
-    limit = cfg.get("max_jacobian", 50_000_000)
+    update_every = checks.positive_int("optim.update_every", update_every)
+    batch_size = checks.positive_int("optim.batch_size", batch_size)
+    limit = checks.positive_int("optim.max_jacobian", max_jacobian)
     params = jax.eval_shape(system.init_params, jax.random.PRNGKey(0))
     state = jax.eval_shape(lambda p: system.init_state(p, batch_size), params)
     S = sum(x.size for x in jax.tree.leaves(state))
     P = sum(x.size for x in jax.tree.leaves(params))
     if S * P > limit:
-        raise ConfigError("optim.name", "rtrl", f"the Jacobian ∂s/∂θ would hold {S}×{P} = {S * P:.3g} floats "
-                                                f"(> optim.max_jacobian={limit}); use a smaller model/batch or optim=uoro")
-    transform = chars_transform(cfg, iterations * max(1, n_steps // update_every), update_every)
+        raise ConfigError("optim.max_jacobian", limit, f"the Jacobian ∂s/∂θ would hold {S}×{P} = {S * P:.3g} floats "
+                                                       f"(more than this); use a smaller model/batch or optim=uoro")
+    need, (free, where) = resources.rtrl_update_bytes(S, P), resources.available_bytes()
+    if need > free:   # the update, not only J: J, J', the P×P identity and the P pushed tangents
+        raise ConfigError("optim", "rtrl", f"an RTRL update of {P} parameters and {S} state numbers needs "
+                                           f"about {need} bytes but {free} bytes are {where}; use a smaller "
+                                           "model.n_hidden or batch_size, or optim=uoro")
+    transform = make_transform(update, iterations * max(1, n_steps // update_every), update_every)
     return rtrl(system, transform, batch_size=batch_size, update_every=update_every)

@@ -42,11 +42,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sofo_lab import checks
 from sofo_lab.errors import ConfigError
 from sofo_lab.optim import _forward
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.system import initial_state, rollout, tree_norm
+from sofo_lab.system import initial_state, rollout
+from sofo_lab.tree import tree_norm
 
 
 def damped_solve(ggn, c, damping: float):
@@ -145,52 +147,25 @@ def _levenberg_marquardt(system, params, new_params, old_inner, inner, updates, 
     return keep(new_params, params), keep(inner, old_inner), lam * factor, metrics
 
 
-def check_tangents(cfg, system, prefix: str = "optim") -> tuple[int, bool]:
-    """Validate ``n_tangents`` (>= 1, and <= P when orthonormalizing) and ``orthonormalize``."""
-    k = cfg.get("n_tangents", 64)
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"{prefix}.n_tangents", k, "must be an integer >= 1 (the number of tangent directions K)")
-    ortho = cfg.get("orthonormalize", False)
-    if not isinstance(ortho, bool):
-        raise ConfigError(f"{prefix}.orthonormalize", ortho, "must be true or false")
-    if ortho:
-        p = _forward.n_params(system)
-        if k > p:
-            raise ConfigError(f"{prefix}.n_tangents", k, f"must be <= the {p} parameters when "
-                              f"{prefix}.orthonormalize=true (an orthonormal basis has at most P vectors)")
-    return k, ortho
+def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tangents, damping, orthonormalize,
+                adaptive_damping, damping_range, shard, fast, **update) -> Optimizer:
+    """``optim=sofo`` (conf/optim/sofo.yaml holds every default): check each key, build ``sofo``.
 
-
-def check_flag(cfg, key: str, default: bool) -> bool:
-    value = cfg.get(key, default)
-    if not isinstance(value, bool):
-        raise ConfigError(f"optim.{key}", value, "must be true or false")
-    return value
-
-
-def _with_sgd_default(cfg):
-    from omegaconf import OmegaConf
-
-    if cfg.get("update", None) is None:
-        cfg = OmegaConf.merge(cfg, {"update": "sgd"})
-    return cfg
-
-
-def from_config(cfg, system, *, episodic, iterations, n_steps):
+    ``update`` holds the optax keys (``lr``, ``update``, ..., sofo_lab/optim/transforms.py).
+    """
     del episodic, n_steps
-    k, ortho = check_tangents(cfg, system)
-    damping = cfg.get("damping", 1e-3)
+    k, ortho = _forward.check_tangents(system, n_tangents, orthonormalize)
     if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping >= 0 \
             or damping == float("inf"):
         raise ConfigError("optim.damping", damping, "must be a finite number >= 0 (relative to G̃'s top eigenvalue)")
-    fast = check_flag(cfg, "fast", True)
-    adaptive = check_flag(cfg, "adaptive_damping", False)
-    bounds = cfg.get("damping_range", [1e-6, 1.0])
-    if not (isinstance(bounds, (list, tuple)) or hasattr(bounds, "__len__")) or len(bounds) != 2 \
+    fast = checks.boolean("optim.fast", fast)
+    adaptive = checks.boolean("optim.adaptive_damping", adaptive_damping)
+    bounds = damping_range
+    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 \
             or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds) \
             or not 0 < bounds[0] <= bounds[1] < float("inf"):
         raise ConfigError("optim.damping_range", bounds, "must be [min, max] with 0 < min <= max (adaptive λ bounds)")
-    transform = make_transform(_with_sgd_default(cfg), iterations)
+    transform = make_transform(update, iterations)
     return sofo(system, transform, n_tangents=k, damping=float(damping), orthonormalize=ortho,
-                sharding=_forward.lane_sharding(cfg.get("shard", "auto"), k), fast=fast,
+                sharding=_forward.lane_sharding(shard, k), fast=fast,
                 adaptive_damping=adaptive, damping_min=float(bounds[0]), damping_max=float(bounds[1]))

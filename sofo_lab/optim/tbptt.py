@@ -15,7 +15,7 @@ longer than the task window is clipped to it (a window cannot see across iterati
 References:
     R. J. Williams and J. Peng, An efficient gradient-based algorithm for on-line training of
     recurrent network trajectories, Neural Computation 1990; the UORO paper's baseline
-    (Tallec & Ollivier, ICLR 2018; research/uoro_spec.md §3).
+    (Tallec & Ollivier, ICLR 2018, §5); docs/uoro.md.
 """
 from __future__ import annotations
 
@@ -26,10 +26,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sofo_lab.errors import ConfigError
+from sofo_lab import checks
 from sofo_lab.optim.base import Optimizer
-from sofo_lab.optim.uoro import chars_transform, positive_int, tree_zeros
-from sofo_lab.system import Batch, initial_state, rollout, tree_norm
+from sofo_lab.optim.transforms import make_transform
+from sofo_lab.system import Batch, initial_state, rollout
+from sofo_lab.tree import tree_norm, tree_zeros
 
 
 class TbpttState(NamedTuple):
@@ -89,17 +90,17 @@ def tbptt(system, transform: optax.GradientTransformation, *, truncation: int,
     return Optimizer(init_fn, update_fn)
 
 
-def from_config(cfg, system, *, episodic, iterations, n_steps):
+def from_config(system, *, iterations: int, n_steps: int, episodic: bool, truncation, accumulate,
+                **update) -> Optimizer:
+    """``optim=tbptt`` (conf/optim/tbptt.yaml); ``update``: the optax keys, ``inverse_sqrt`` counted in steps."""
     del episodic
-    truncation = positive_int(cfg, "truncation", 16)
-    accumulate = cfg.get("accumulate", False)
-    if not isinstance(accumulate, bool):
-        raise ConfigError("optim.accumulate", accumulate, "must be true or false")
+    truncation = checks.positive_int("optim.truncation", truncation)
+    accumulate = checks.boolean("optim.accumulate", accumulate)
     if truncation > n_steps:
         warnings.warn(f"optim.truncation={truncation} is longer than task.n_steps={n_steps}: "
                       f"truncating at the task window ({n_steps} steps)", stacklevel=2)
     k = min(truncation, n_steps)
     per_update = n_steps if accumulate else k
     updates = iterations * (1 if accumulate else -(-n_steps // k))
-    return tbptt(system, chars_transform(cfg, updates, per_update), truncation=truncation,
+    return tbptt(system, make_transform(update, updates, per_update), truncation=truncation,
                  accumulate=accumulate)
