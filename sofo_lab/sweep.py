@@ -174,6 +174,11 @@ class SweepSummary(Callback):
         except Exception as err:  # noqa: BLE001 - the summary must never fail a run
             print(f"warning: could not update the sweep summary: {err}", file=sys.stderr)
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from sofo_lab import slurm
+
+        slurm.install()   # a SLURM job that can never start is cancelled, in one line (sofo_lab/slurm.py)
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = write_summary(str(config.hydra.sweep.dir))
         print(describe(table), file=sys.stderr, flush=True)

@@ -166,3 +166,26 @@ def test_slurm_sweep_requeued_runs_resume_and_match(tmp_path, slurm_cluster, _co
             np.testing.assert_array_equal(a, b)
         fa, fb = (json.loads((d / j / "summary.json").read_text())["final"] for d in (sweep, reference))
         assert fa["eval/loss"] == fb["eval/loss"]
+
+
+@pytest.mark.slow
+def test_a_job_slurm_can_never_start_is_cancelled_in_one_line(tmp_path, slurm_cluster):
+    """More CPUs than any node has: SLURM accepts the array job but leaves it pending
+    (PartitionConfig); sofo-run cancels it and names the request and the partition's nodes."""
+    cpus = max(int(x) for x in subprocess.run(["sinfo", "-h", "-N", "-o", "%c"], capture_output=True,
+                                                text=True).stdout.split())
+    sweep = tmp_path / "sweep"
+    r = run_cli(["-m", "hydra/launcher=slurm", f"hydra.launcher.cpus_per_task={cpus + 8}", "hydra.launcher.mem_gb=1",
+                 *LONG, "iterations=2", "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path, timeout=120)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert last.startswith("error: hydra.launcher: SLURM will never start job") and "cancelled" in last
+    assert f"{cpus + 8} CPUs" in last and f"has {cpus} CPUs" in last
+    job = last.split("start job ")[1].split("_")[0]
+    assert _state(job) == ""   # cancelled: no longer in the queue
+
+    r = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=100000",
+                 *LONG, "iterations=2", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'huge'}"], cwd=tmp_path, timeout=120)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert last.startswith("error: hydra.launcher: sbatch refused the sweep") and "1 CPUs, 1e+05 GB" in last
