@@ -179,7 +179,7 @@ def common_settings(runs: list[Run]) -> str:
     """The overrides every run shares (the figure's subtitle)."""
     shared = None
     for r in runs:
-        items = {(k, str(v)) for k, v in r.overrides.items() if k != "seed" and not k.startswith("hydra")}
+        items = {(k, str(v)) for k, v in r.overrides.items() if not _plumbing(k)}
         shared = items if shared is None else shared & items
     first = runs[0].overrides if runs else {}
     return " ".join(f"{k}={v}" for k, v in first.items() if (k, str(v)) in (shared or set()))
@@ -376,7 +376,8 @@ def compare(paths, out: str | Path | None = None, spread: str = "minmax", title:
         headline = headline_key(task_runs, loss)
         refs = {m: references(task_runs, m) for m in [loss] + ([headline] if headline else [])}
         name = f"{stem}.png" if len(by_task) == 1 else f"{stem}_{task}.png"
-        label = title or f"{task}: {len(groups)} configurations, {len(task_runs)} runs"
+        label = title or (f"{task}: {len(groups)} configuration{'s' if len(groups) != 1 else ''}, "
+                          f"{len(task_runs)} run{'s' if len(task_runs) != 1 else ''}")
         figure(out / name, groups, loss, headline, refs, spread, label, common_settings(task_runs))
         written["figures"].append(str(out / name))
         task_rows = table_rows(groups, loss, headline)

@@ -66,6 +66,7 @@ def reference_levels(history: list[dict], metric: str) -> dict[str, float]:
             rest = key[len(prefix):]
             label = (rest[: -len(base) - 1] if rest.endswith(f"_{base}") else
                      rest[len(base) + 1:] if rest.startswith(f"{base}_") else None)
+            label = f"{base}*" if label == "star" else label   # theta_star: θ*, the optimum
             if label and constant(v) and label not in levels:
                 levels[label] = v[-1]
     return levels

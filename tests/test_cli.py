@@ -36,8 +36,9 @@ def test_run_writes_the_run_directory_and_prints_the_result(tmp_path):
                  "loss_curve.png", "kalman_trials.png", "checkpoints/last.pkl"):
         assert (run_dir / name).is_file(), name
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [2, 3, 4, 6]
-    assert "eval/mse" in records[1] and "train/loss" in records[0]
+    assert [r["iteration"] for r in records] == [0, 2, 3, 4, 6]   # 0: the untrained network, evaluated
+    assert "eval/mse" in records[0] and "train/loss" not in records[0]
+    assert "eval/mse" in records[2] and "train/loss" in records[1]
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["iterations"] == 6
     assert {"loss", "eval/mse", "eval/oracle_mse", "eval/copy_mse"} <= set(summary["final"])

@@ -58,7 +58,7 @@ def test_reference_levels_are_the_constant_keys_named_after_a_metric():
                for b in (1.5, 1.0, 0.8)]
     assert reference_levels(streams, "train/bits_per_char") == {"optimal": 0.25}
     theta = [{"train/theta": t, "train/theta_star": -1 / 6} for t in (0.5, 0.1)]
-    assert reference_levels(theta, "train/theta") == {"star": -1 / 6}
+    assert reference_levels(theta, "train/theta") == {"theta*": -1 / 6}
     assert reference_levels(theta[:1], "train/theta") == {}    # one record cannot show a constant
 
 
@@ -169,7 +169,8 @@ def test_real_sweep_compares_itself_with_honest_time_and_a_quiet_console(tmp_pat
     args = ["-m", "task=kalman", "optim=sofo,adam", "seed=0,1", "iterations=6", "batch_size=4", "task.n_steps=12",
             "model.n_hidden=8", "eval_every=3", "log_every=3", "checkpoint_every=3", "logger=wandb",
             "+per_optim.sofo.n_tangents=8", f"hydra.sweep.dir={sweep}"]
-    r = run_cli(args, cwd=tmp_path, env={"WANDB_MODE": "offline"})
+    # seed 1 reuses seed 0's compilations (same shapes) through JAX's persistent cache
+    r = run_cli(args, cwd=tmp_path, env={"WANDB_MODE": "offline", "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax")})
     assert r.returncode == 0, r.stderr[-3000:]
     wandb_lines = [ln for ln in (r.stdout + r.stderr).splitlines() if ln.startswith("wandb:")]
     assert len(wandb_lines) == 4 and all("offline run; upload it with: wandb sync" in ln for ln in wandb_lines)

@@ -158,7 +158,7 @@ def test_stop_signal_wandb_failures_and_resume_match_uninterrupted(tmp_path):
 
     for d in ("cut", "straight"):
         iters = [json.loads(x)["iteration"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-        assert iters == list(range(50, 6001, 50)), d        # every logged iteration, once
+        assert iters == [0, *range(50, 6001, 50)], d        # every logged iteration, once (0: evaluation)
     a, b = (pickle.load(open(tmp_path / d / "checkpoints" / "last.pkl", "rb"))["state"] for d in ("cut", "straight"))
     for x, y in zip(jax_leaves(a.params), jax_leaves(b.params)):
         np.testing.assert_array_equal(x, y)
