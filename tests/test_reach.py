@@ -234,14 +234,20 @@ def test_sofo_sketch_through_the_arm_equals_reverse_mode():
 
 def test_benchmark_quick_mode_writes_its_json(tmp_path):
     out = tmp_path / "bench.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_reach_sofo_vs_adam.py"), "--quick",
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_motor.py"), "--quick",
                            "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert {"machine", "runs", "table"} <= set(data)
     assert {"sofo", "adam"} <= {r["optim"] for r in data["runs"]}
-    assert all(math.isfinite(r["endpoint_error_cm"]) for r in data["runs"])
+    assert {r["role"] for r in data["runs"]} == {"sofo", "adam_sweep", "adam_best"}
+    for r in data["runs"]:
+        assert r["curve"][0]["iteration"] == 0 and all(math.isfinite(p["loss"]) for p in r["curve"])
+        assert "solved_iteration" in r
     sofo = next(r for r in data["runs"] if r["optim"] == "sofo")
     assert sofo["curve"][-1]["loss"] < sofo["curve"][0]["loss"]                 # it learns
+    adam_best = next(r for r in data["runs"] if r["role"] == "adam_best")
+    assert adam_best["iterations"] >= sofo["iterations"]                        # equal wall-clock: at least as many
+    assert {"equal iterations", "equal wall-clock"} <= {row["comparison"] for row in data["table"]}
     assert {"cpu", "cores", "jax", "backend"} <= set(data["machine"])
-    assert (tmp_path / "bench.png").exists() and (tmp_path / "bench_sofo_reach_trajectories.png").exists()
+    assert (tmp_path / "bench.png").exists()
