@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_common import machine, write_json  # noqa: E402
+from bench_common import machine, write_json  # noqa: E402
 
 METHODS = {"uoro": ["optim=uoro"], "tbptt-1": ["optim=tbptt", "optim.truncation=1"],
            "tbptt-16": ["optim=tbptt", "optim.truncation=16"],

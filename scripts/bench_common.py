@@ -51,6 +51,13 @@ def save(path: Path, result: dict) -> None:
     print(f"wrote {path}")
 
 
+def write_json(path: Path, data: dict) -> None:
+    """``save`` into a directory that may not exist yet, floats for numpy scalars."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    print(f"wrote {path}")
+
+
 def slope(xs, ys) -> float | None:
     """Least-squares slope of y against x (bytes per time step, seconds per tangent, ...)."""
     import numpy as np

@@ -1,4 +1,4 @@
-"""Influence balancing (UORO paper's headline; uoro_spec.md §4.1), SGD at a fixed rate:
+"""Influence balancing (UORO paper's headline; docs/uoro.md), SGD at a fixed rate:
 UORO (several seeds) and RTRL converge to θ* = −1/6; TBPTT with truncation 1, 10, 100 diverges;
 TBPTT-200 converges. Every run goes through ``sofo_lab.runner.train`` (= ``sofo-run``).
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _bench_common import machine, write_json  # noqa: E402
+from bench_common import machine, write_json  # noqa: E402
 
 
 def run(overrides, run_dir):

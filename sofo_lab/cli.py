@@ -273,7 +273,9 @@ def main() -> None:
         print("interrupted before training started: nothing new to checkpoint (checkpoints already written are "
               "kept); rerun the same command to start or resume", file=sys.stderr)
         sys.exit(130)
-    sys.exit(_exit_code)
+    from sofo_lab.sweep import sweep_incomplete
+
+    sys.exit(max(_exit_code, 1 if sweep_incomplete() else 0))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Time and memory profile of a run's jitted update (DESIGN.md §Runner; ecosystem.md §3)."""
+"""Time and memory profile of a run's jitted update (README, "Profiles"; JAX's ``Compiled.memory_analysis``/``cost_analysis``)."""
 from __future__ import annotations
 
 import resource

@@ -97,9 +97,8 @@ def make_train_step(setup: Setup, seed: int, batch_size: int):
         k_data, k_noise, k_opt = jax.random.split(jax.random.fold_in(k_train, ts.iteration), 3)
         data_state, batch = training_batch(task, system, ts.data_state, k_data, k_noise, batch_size)
         params, opt_state, carry, metrics = optimizer.update(ts.params, ts.opt_state, batch, k_opt, ts.carry)
-        if hasattr(task, "online_metrics"):   # streams: running online scores (tasks/streams.py)
-            data_state, extra = task.online_metrics(data_state, metrics, params)
-            metrics = {**metrics, **extra}
+        data_state, extra = task.online_metrics(data_state, metrics, params)   # streams: online scores
+        metrics = {**metrics, **extra}
         finite = jnp.isfinite(metrics["loss"])
         for leaf in jax.tree.leaves(params):
             finite &= jnp.all(jnp.isfinite(leaf))
@@ -278,8 +277,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
     if cfg.get("plots", True):
         curve = plot_loss_curve(run_dir, history)
         plots += [curve] if curve else []
-        if hasattr(setup.task, "plot_history"):   # streams: online scores / θ over time
-            plots += setup.task.plot_history(str(run_dir), history)
+        plots += setup.task.plot_history(str(run_dir), history)   # streams: online scores / θ over time
 
     profile.update(profiling.step_time_stats(durations))
     # training seconds (the last time_s) and what was kept out of them
@@ -308,7 +306,7 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
 def run_label(setup: Setup, choices: dict | None) -> str:
     """``task/optim`` from Hydra's group choices, else from the task's and the optimizer's names."""
     choices = choices or {}
-    task = choices.get("task") or getattr(setup.task, "name", type(setup.task).__name__)
+    task = choices.get("task") or setup.task.name
     return f"{task}/{choices.get('optim') or 'optim'}"
 
 

@@ -34,6 +34,13 @@ SUMMARY = "sweep_summary"
 JOB_STATUS = "job_status.json"
 _FIRST = ("job", "status", "error", "iterations", "overrides", "run_dir")
 _failures: dict[str, str] = {}   # run dir -> error line of a job that ended in an error it reported
+_incomplete = False              # a sweep launched by this process ended with a run not completed
+
+
+def sweep_incomplete() -> bool:
+    """Whether a sweep this process launched ended with a run that did not complete (``sofo-run -m``
+    then exits non-zero, whichever process ran the jobs)."""
+    return _incomplete
 
 
 def note_failure(err: Exception) -> float:
@@ -186,8 +193,5 @@ class SweepSummary(Callback):
 
         after_sweep(str(config.hydra.sweep.dir))   # compare.png/.md/.csv; a failure is one warning line
         if any(r["status"] != "completed" for r in table["runs"]):
-            # the jobs may have run in other processes (submitit): make `sofo-run -m` exit non-zero
-            for name in ("sofo_lab.cli", "__main__"):
-                module = sys.modules.get(name)
-                if module is not None and hasattr(module, "_exit_code"):
-                    module._exit_code = max(module._exit_code, 1)
+            global _incomplete
+            _incomplete = True   # the jobs may have run in other processes (submitit): sofo-run exits 1

@@ -1,5 +1,5 @@
 """aⁿbⁿ: next-character prediction on an endless stream of blocks ``a…a\\n b…b\\n``
-(UORO paper; the authors' ``datasets/anbn/generate.lua``; uoro_spec.md §4.3).
+(UORO paper; the authors' ``datasets/anbn/generate.lua``; docs/uoro.md).
 
 Periods of one block, n ~ U{n_min..n_max} drawn afresh per block:
 
@@ -33,7 +33,7 @@ class AnBnGen(NamedTuple):
 
 
 def reference_rates(n_min: int, n_max: int) -> dict:
-    """Optimal, forgets-n and no-counting entropy rates in bits/char (uoro_spec.md §4.3)."""
+    """Optimal, forgets-n and no-counting entropy rates in bits/char (docs/uoro.md)."""
     ns = range(n_min, n_max + 1)
     M = len(ns)
     mean_n = sum(ns) / M

@@ -22,8 +22,8 @@ loss weight is zero unless a task asks for one. Every optimizer differentiates t
 
 References:
     W. Li & E. Todorov, "Iterative linear quadratic regulator design for nonlinear biological
-    movement systems", ICINCO 2004. Parameters: research/ecosystem.md §4.4; the SOFO authors'
-    motor code (research/sofo_spec.md §3.2) uses l2 = 0.30 m.
+    movement systems", ICINCO 2004. The SOFO authors'
+    motor code (Yu et al., NeurIPS 2024; docs/motor.md) uses l2 = 0.30 m.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""What a task is: a pure, key-driven sampler with named channels, a loss kind, metrics, plots.
+"""What a task is: a pure, key-driven sampler with named channels, a loss kind, metrics, plots
+(the ``Task`` protocol, sofo_lab/interfaces.py, has the contract).
 
 Episodic tasks (``episodic = True``) draw B independent trials of T steps per batch and the
 network state resets every trial. Streaming tasks override ``init_data``/``next_batch`` to
@@ -14,13 +15,21 @@ from sofo_lab.system import Batch, ModelSystem
 
 
 class Task:
-    name: ClassVar[str]
+    """Base class of the tasks: every method of the ``Task`` protocol (sofo_lab/interfaces.py)
+    but ``sample`` has its default here."""
+
+    name: ClassVar[str]   # plot file names and labels; default: the class name in lower case
     episodic: ClassVar[bool] = True
     loss_kind: ClassVar[str] = "mse"
     input_names: ClassVar[tuple[str, ...]]
     output_names: ClassVar[tuple[str, ...]]
     needs_model: ClassVar[bool] = True
     n_steps: int
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in vars(cls) and not any("name" in vars(c) for c in cls.__mro__[1:-1]):
+            cls.name = cls.__name__.lower()
 
     @property
     def n_inputs(self) -> int:
@@ -85,6 +94,11 @@ class Task:
         """The fixed held-out batch evaluated every ``eval_every`` iterations (None: no eval)."""
         return self.sample(key, batch_size) if self.episodic else None
 
+    def online_metrics(self, data_state, metrics: dict, params):
+        """Running scores updated with every update, inside its jit (streams: online bits/char,
+        tasks/streams.py); returns ``(data_state, extra metrics)``. Default: none."""
+        return data_state, {}
+
     # --- reporting ------------------------------------------------------------------------
     def evaluate(self, batch: Batch, ys) -> dict:
         """Scalar metrics of outputs ``ys [T, B, O]`` on ``batch`` (jit-able)."""
@@ -92,6 +106,10 @@ class Task:
 
     def plot(self, out_dir, batch: Batch, ys) -> list[str]:
         """Write PNG figures of a few trials to ``out_dir``; return their paths."""
+        return []
+
+    def plot_history(self, out_dir, history: list[dict]) -> list[str]:
+        """Figures of the run's logged records (``metrics.jsonl``), e.g. online scores over time."""
         return []
 
     def describe(self, final: dict) -> str:

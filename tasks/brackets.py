@@ -1,6 +1,6 @@
 """Distant brackets: next-character prediction where a bracketed string must be recalled after
 a random gap (UORO paper; the authors' ``datasets/distant-brackets/generate.lua``;
-uoro_spec.md §4.2).
+docs/uoro.md).
 
 Periods of one sample, S = ``n_saved`` symbols, R ~ U{gap_min..gap_max} filler symbols:
 

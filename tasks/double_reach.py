@@ -1,4 +1,4 @@
-"""``task=double_reach``: reach to two targets in turn (sofo_spec.md §3.2).
+"""``task=double_reach``: reach to two targets in turn (docs/motor.md).
 
 Periods of one trial (seconds; CPU default dt = 10 ms, T = 200):
 

@@ -1,6 +1,6 @@
 """Influence balancing: a scalar parameter with a positive short-term but negative long-term
 influence on the loss (UORO paper §5; equations as in PES's ``influence_balancing.py``;
-uoro_spec.md §4.1).
+docs/uoro.md).
 
 The task is its own system (not an RNN): state s ∈ R^n, scalar parameter θ,
 

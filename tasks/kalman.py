@@ -1,4 +1,4 @@
-"""Adaptive Kalman filtering (SOFO paper; sofo_spec.md §3.3).
+"""Adaptive Kalman filtering (SOFO paper; docs/sofo.md).
 
 A 1-D Ornstein-Uhlenbeck latent whose parameters switch at random times:
 

@@ -6,7 +6,7 @@ A motor trial (times in seconds, steps of ``dt``):
          [─► go_2 = go_1 + gap ─► free window ─► at target 2]                (double reach)
 
 Outputs ``y_t = (hand x, y, ẋ, ẏ, τ1, τ2)`` (tasks/arm.py). Loss per step, summed over t
-(research/sofo_spec.md §3.2):
+(docs/motor.md):
 
     (loss_scale / T) · (1/B) Σ_b w_tb [ |p_tb − p*_tb|² + velocity_weight |ṗ_tb|² ] + effort_weight |τ|²
 

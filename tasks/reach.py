@@ -1,4 +1,4 @@
-"""``task=reach``: delayed center-out reaching with a two-joint arm (sofo_spec.md §3.2).
+"""``task=reach``: delayed center-out reaching with a two-joint arm (docs/motor.md).
 
 Periods of one trial (seconds; CPU default dt = 10 ms, T = 180):
 

@@ -1,4 +1,4 @@
-"""Shared pieces of the streaming regime (uoro_spec.md §4.5).
+"""Shared pieces of the streaming regime (docs/uoro.md).
 
 A streaming task is B endless streams consumed in windows of T = ``task.n_steps`` symbols.
 Its ``data_state`` holds the generators' state, the last symbol emitted (the input of the
@@ -7,9 +7,10 @@ optimizer before (or, for online methods, while) it updates on it, so the runnin
 *prequential*: every symbol is scored by parameters that have not yet learned from it.
 
     bits_per_char        = (Σ window losses) / (windows) / ln 2       (cumulative; window loss = mean nats/char)
-    bits_per_char_recent : r_t = r_{t−T}(1 − 1/√t) + (L_window/ln 2)/√t,  t = characters per stream so far
+    bits_per_char_recent : r_t = r_{t−T}(1 − ρ) + ρ L_window/ln 2,  ρ = min(1, T/√t),  t = characters per stream
+                           (the authors' per-character average r ← r(1 − 1/√t) + L/√t, one window at a time)
 
-References: Tallec & Ollivier, UORO (ICLR 2018); the authors' ``train.lua`` (uoro_spec.md §4.5).
+References: Tallec & Ollivier, UORO (ICLR 2018); the authors' ``train.lua`` (docs/uoro.md).
 """
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def update_score(score: OnlineScore, window_bits, n_steps: int) -> OnlineScore:
     chars = score.chars + n_steps
     windows = (chars // n_steps).astype(jnp.float32)
     cumulative = score.cumulative + (window_bits - score.cumulative) / windows
-    rate = 1.0 / jnp.sqrt(chars.astype(jnp.float32))
+    # The authors' per-character rate 1/√t, applied once per window of n_steps characters: W/√t
+    # (capped at 1), so the average remembers ~√t characters whatever the window length.
+    rate = jnp.minimum(1.0, n_steps / jnp.sqrt(chars.astype(jnp.float32)))
     recent = jnp.where(score.chars == 0, window_bits, score.recent * (1.0 - rate) + window_bits * rate)
     return OnlineScore(chars, cumulative, recent)
 

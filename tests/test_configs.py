@@ -6,6 +6,7 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
+from sofo_lab import interfaces
 from sofo_lab.assemble import accepted_keys, build
 from sofo_lab.errors import ConfigError
 from tests.conftest import TINY, compose_config, options
@@ -63,6 +64,8 @@ def test_defaults_order_puts_self_first():
 def test_every_combination_builds(task, model, optim):
     cfg = compose_config([f"task={task}", f"model={model}", f"optim={optim}", *TINY])
     setup = build(cfg, {"task": task, "model": model, "optim": optim})
+    assert isinstance(setup.task, interfaces.Task) and isinstance(setup.system, interfaces.System)
+    assert isinstance(setup.optimizer, interfaces.Optimizer)
     if not setup.task.needs_model:
         # Tasks that are their own system (influence balancing) ignore the model group.
         assert setup.model is None
@@ -74,6 +77,30 @@ def test_every_combination_builds(task, model, optim):
 def test_every_experiment_preset_composes_and_builds(experiment):
     cfg = compose_config([f"experiment={experiment}", "logger=none"])
     build(cfg)
+
+
+def _leaves(d: dict, prefix: str = ""):
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("experiment", options("experiment"))
+def test_every_experiment_preset_holds_only_deltas(experiment):
+    # A preset names its groups and then only the values that differ from those groups' defaults.
+    from sofo_lab.cli import CONF_DIR
+
+    raw = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/experiment/{experiment}.yaml"))
+    groups = [f"experiment={entry}" if isinstance(entry, str) else   # a preset on top of another preset
+              next(f"{key.split()[-1].lstrip('/')}={value}" for key, value in entry.items())
+              for entry in raw.pop("defaults", []) if entry != "_self_"]
+    raw.pop("hydra", None)
+    base = OmegaConf.to_container(compose_config(groups))
+    flat = dict(_leaves(base))
+    same = [key for key, value in _leaves(raw) if key in flat and flat[key] == value]
+    assert not same, f"experiment/{experiment}.yaml repeats defaults: {same}"
 
 
 @pytest.mark.parametrize("logger", options("logger"))

@@ -70,7 +70,7 @@ def test_windows_match_a_hand_written_loop(accumulate):
         np.testing.assert_allclose(flat(got_state), flat(state), rtol=1e-11)
 
 
-# --- influence balancing: closed forms (uoro_spec.md §4.1) -----------------------------------
+# --- influence balancing: closed forms (docs/uoro.md) -----------------------------------
 
 def test_influence_stationary_state_and_optimum():
     task = Influence()

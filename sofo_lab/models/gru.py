@@ -1,4 +1,4 @@
-"""GRU as in the UORO authors' code (uoro_spec.md §4.4).
+"""GRU as in the UORO authors' code (docs/uoro.md).
 
     r  = σ(x E_r + h W_r + b_r)
     z  = σ(x E_z + h W_z + b_z)

@@ -1,4 +1,4 @@
-"""LSTM as in the UORO authors' code (uoro_spec.md §4.4). State is the pair (c, h).
+"""LSTM as in the UORO authors' code (docs/uoro.md). State is the pair (c, h).
 
     e = x E                                     (embedding, N(0, 1), no bias)
     f = σ(e U_f + h W_f + b_f − 0.3),  i = σ(e U_i + h W_i + b_i),  o = σ(e U_o + h W_o + b_o)

@@ -5,7 +5,7 @@
     y_t     = φ(z_{t+1}) W_out + b_out
 
 ``η_t = max(0, 1 + a (2U − 1))`` with ``U ~ U[0, 1)`` per neuron and step and ``a`` the
-``noise_amplitude``: the SOFO authors' motor-task noise (sofo_spec.md §3.2). It is sampled by
+``noise_amplitude``: the SOFO authors' motor-task noise (docs/motor.md). It is sampled by
 ``sample_noise`` outside the step and enters through ``x_t.noise``.
 """
 from __future__ import annotations

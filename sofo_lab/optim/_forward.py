@@ -234,10 +234,11 @@ class RateRNNStepper:
 
 
 def stepper_for(system, fast: bool = True):
-    """The hand-written stepper for a plain ``RateRNN`` system, the generic one otherwise."""
+    """The hand-written stepper when the system's step is exactly ``RateRNN.step`` (a model with no
+    plant: ``ModelSystem``, whose step is its model's), the generic one for every other system."""
     from sofo_lab.models.rnn import RateRNN
 
-    if fast and type(system) is ModelSystem and type(system.model) is RateRNN:
+    if fast and isinstance(system, ModelSystem) and type(system.model) is RateRNN:
         return RateRNNStepper(system)
     return GenericStepper(system)
 

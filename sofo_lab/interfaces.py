@@ -1,0 +1,153 @@
+"""The interfaces the engine relies on, written down as ``typing.Protocol`` classes.
+
+Nothing has to inherit from these: any object with these attributes works (structural typing),
+so a user's task, model or optimizer from their own files is built and run exactly as a built-in
+one (docs/library.md, "Your own task from the command line"). ``sofo_lab.tasks.base.Task`` is a
+base class that implements every optional part of ``Task`` with its default.
+
+Shape letters: T time, B batch, I inputs, N hidden, O outputs, K tangents, P parameters.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
+
+Params = Any      # a pytree (dict) of arrays
+State = Any       # a pytree of [B, ...] arrays
+Batch = Any       # sofo_lab.system.Batch or GeneratedBatch (time-major)
+StepInput = Any   # sofo_lab.system.StepInput(u [B, I], noise [B, N] or None)
+
+
+@runtime_checkable
+class Loss(Protocol):
+    """A per-step loss with the exact output-space curvature SOFO's Gauss-Newton block needs
+    (sofo_lab/losses.py: ``MeanSquaredError``, ``SoftmaxCrossEntropy``, ``PerSampleLoss``)."""
+
+    def value(self, y, target, w) -> Any:
+        """Scalar loss of one step: ``y``, ``target`` [B, O], weights ``w`` [B] or [B, O]."""
+
+
+@runtime_checkable
+class System(Protocol):
+    """What every optimizer trains: a pure, deterministic, jit-able step plus a per-step loss.
+
+    Contract:
+
+    - ``step(params, state, x) -> (state', y)`` is one time step for the whole batch
+      (``x.u`` [B, I], ``y`` [B, O]); it draws no randomness: noise the dynamics use comes in
+      through ``x.noise``, sampled beforehand by ``sample_noise``, so SOFO's K tangents and
+      UORO's jvp/vjp see the primal's noise.
+    - The loss of a batch is ``Σ_t loss.value(y_t, target_t, w_t)``.
+    - ``init_state(params, B)`` is the state every episodic trial starts from (it may depend on
+      params: a learned initial state); streams carry the state across windows instead.
+    - ``sample_noise(key, T, B)`` returns ``[T, B, N]`` noise factors or ``None``.
+
+    A model on its own is a system through ``sofo_lab.system.ModelSystem``; a closed-loop task
+    wraps the model with a differentiable plant (``sofo_lab.tasks.arm.ArmSystem``).
+    """
+
+    loss: Loss
+
+    def init_params(self, key) -> Params: ...
+
+    def init_state(self, params: Params, batch_size: int) -> State: ...
+
+    def step(self, params: Params, state: State, x: StepInput) -> tuple[State, Any]: ...
+
+    def sample_noise(self, key, n_steps: int, batch_size: int) -> Any: ...
+
+
+@runtime_checkable
+class Model(Protocol):
+    """A recurrent network (conf/model/*.yaml); built with ``n_inputs``, ``n_outputs`` from the task,
+    the YAML's keys and those of the task's ``model_settings()`` it takes. Same methods as a
+    ``System`` without the loss."""
+
+    n_inputs: int
+    n_outputs: int
+
+    def init_params(self, key) -> Params: ...
+
+    def init_state(self, params: Params, batch_size: int) -> State: ...
+
+    def step(self, params: Params, state: State, x: StepInput) -> tuple[State, Any]: ...
+
+    def sample_noise(self, key, n_steps: int, batch_size: int) -> Any: ...
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A pure, key-driven source of batches with named channels, a loss, metrics and plots
+    (conf/task/*.yaml). ``sofo_lab.tasks.base.Task`` provides every method but ``sample`` (and,
+    for a closed loop, ``make_system``) with its default; a task of your own subclasses it.
+
+    Contract:
+
+    - Fixed shapes, so batches are sampled inside ``jit``: ``sample(key, B) -> Batch(inputs
+      [T, B, I], targets [T, B, O], weights [T, B] or [T, B, O])``, time-major, T = ``n_steps``.
+    - ``episodic``: True, each batch holds B independent trials and the state resets; False, B
+      endless streams consumed window by window (``init_data``/``next_batch`` carry the stream's
+      generator state), the system state carried across windows.
+    - ``make_system(model)`` is the system the optimizers train (the model with ``loss``, or a
+      closed loop); ``needs_model`` False: the task is its own system and ignores the model.
+    - ``model_settings()``: settings the network should take (``dt``, ``tau``,
+      ``noise_amplitude``); the engine passes each to a model that takes it.
+    - Optional capabilities, with their defaults in the base class: ``step_source`` (the same
+      draw one step at a time: forward-mode memory then stays flat in T, data included),
+      ``online_metrics`` (streams' running scores, jit-ed with the update), ``evaluate`` (metrics
+      of the held-out batch), ``plot``, ``plot_history`` (figures over the run) and ``describe``.
+    """
+
+    name: ClassVar[str]
+    episodic: ClassVar[bool]
+    needs_model: ClassVar[bool]
+    n_steps: int
+    loss: Loss
+    model_n_inputs: int
+    model_n_outputs: int
+
+    def make_system(self, model: Model | None) -> System: ...
+
+    def model_settings(self) -> dict: ...
+
+    def check_batch_size(self, batch_size: int) -> None: ...
+
+    def sample(self, key, batch_size: int) -> Batch: ...
+
+    def step_source(self, key, batch_size: int) -> tuple[Any, Callable] | None: ...
+
+    def init_data(self, key, batch_size: int) -> Any: ...
+
+    def next_batch(self, data_state, key, batch_size: int) -> tuple[Any, Batch]: ...
+
+    def eval_batch(self, key, batch_size: int) -> Batch | None: ...
+
+    def online_metrics(self, data_state, metrics: dict, params: Params) -> tuple[Any, dict]: ...
+
+    def evaluate(self, batch: Batch, ys) -> dict: ...
+
+    def plot(self, out_dir: str, batch: Batch, ys) -> list[str]: ...
+
+    def plot_history(self, out_dir: str, history: list[dict]) -> list[str]: ...
+
+    def describe(self, final: dict) -> str: ...
+
+
+@runtime_checkable
+class Optimizer(Protocol):
+    """An optax-style pair of pure functions (``sofo_lab.optim.Optimizer`` is the NamedTuple):
+
+        init(params)                                  -> opt_state
+        update(params, opt_state, batch, key, carry)  -> (params, opt_state, carry, metrics)
+
+    ``carry`` is None for episodic tasks (each trial starts from ``system.init_state``) and the
+    system state carried from the previous window for streams; ``metrics`` is a flat dict of
+    scalars that always holds ``loss``, the summed per-step loss of the batch evaluated before
+    (or, for online methods, while) updating. ``update`` must be jit-able; ``key`` is the
+    iteration's own randomness (SOFO's tangents, UORO's signs), independent of the data's.
+
+    A config names the factory that builds one (conf/optim/*.yaml, ``_target_``); it is called
+    with ``system``, ``iterations``, ``n_steps``, ``episodic`` and the YAML's keys.
+    """
+
+    init: Callable[[Params], Any]
+    update: Callable[..., tuple]
