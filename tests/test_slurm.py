@@ -189,3 +189,27 @@ def test_a_job_slurm_can_never_start_is_cancelled_in_one_line(tmp_path, slurm_cl
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert last.startswith("error: hydra.launcher: sbatch refused the sweep") and "1 CPUs, 1e+05 GB" in last
+
+
+@pytest.mark.slow
+def test_a_sweep_of_the_users_own_task_runs_on_slurm(tmp_path, slurm_cluster, _compilation_cache):
+    """docs/library.md's flip-flop task from a directory outside the repository: the SLURM jobs
+    import the user's module (sofo-run hands them the working directory on PYTHONPATH)."""
+    from tests.test_custom_task import files as custom_task_files
+    from tests.test_custom_task import run as run_sofo_run
+
+    project = tmp_path / "myproject"
+    (project / "mylab").mkdir(parents=True)
+    (project / "mylab" / "__init__.py").write_text("")
+    for name, body in custom_task_files().items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(body)
+    sweep = tmp_path / "sweep"
+    r = run_sofo_run(["-m", "--config-dir", "conf", "task=flipflop", "optim=adam", "seed=0,1", *SLURM,
+                      "iterations=3", "batch_size=4", "task.n_steps=12", "model.n_hidden=8", "logger=none",
+                      "progress=false", "plots=false", f"hydra.sweep.dir={sweep}"], cwd=project)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = json.loads((sweep / "sweep_summary.json").read_text())
+    assert table["counts"] == {"completed": 2}, table
+    assert list((sweep / ".submitit").glob("*/*_submission.sh")), "the runs did not go through sbatch"
+    assert "_target_: mylab.flipflop.FlipFlop" in (sweep / "0" / ".hydra" / "config.yaml").read_text()
