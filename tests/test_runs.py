@@ -135,3 +135,27 @@ def test_kalman_trials_switch_where_asked_with_the_chosen_parameters():
     assert [np.flatnonzero(per_trial.extras.switch[:, b]).tolist() for b in (0, 1)] == [[10], [20]]
     with pytest.raises(ConfigError, match="switch_times=.*increasing integer steps"):
         task.trials(jax.random.PRNGKey(0), tau=tau, drift=drift, obs_noise=beta, switch_times=[300, 150])
+
+
+@pytest.mark.slow
+def test_load_run_of_a_run_of_the_users_own_task(tmp_path, monkeypatch):
+    """The flip-flop of docs/library.md ("Your own task from the command line"), run from a directory
+    outside the repository, loads back with its own task class once its module imports."""
+    from tests.test_custom_task import TINY as CUSTOM_TINY
+    from tests.test_custom_task import files
+
+    for name, body in files().items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(body)
+    (tmp_path / "mylab" / "__init__.py").write_text("")
+    run_dir = tmp_path / "runs" / "flipflop"
+    out = run_cli(["--config-dir", "conf", "task=flipflop", "optim=sofo", *CUSTOM_TINY, f"hydra.run.dir={run_dir}"],
+                  cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = sofo_lab.load_run(run_dir)
+    assert type(run.task).__module__ == "mylab.flipflop" and run.iteration == 3
+    batch = run.task.sample(jax.random.PRNGKey(0), 2)
+    traj = sofo_lab.simulate(run.system, run.params, batch)
+    assert traj.states.shape == (run.task.n_steps, 2, run.config.model.n_hidden)
+    assert traj.outputs.shape == (run.task.n_steps, 2, 3)
