@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from sofo_lab import checks
 from sofo_lab.errors import ConfigError
 from sofo_lab.losses import LOSSES, PerSampleLoss
 from sofo_lab.optim import _forward
@@ -131,26 +132,18 @@ def make_batch(inputs, targets, weights=None) -> Batch:
     return Batch(inputs, targets, jnp.asarray(weights))
 
 
-# --- argument checks (one line each, naming the argument) ---------------------------------------
+# --- argument checks: the CLI's checks (sofo_lab/checks.py), keyed by the argument's name ---------
 
-def _positive_int(name, value):
+def _tangents(value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(name, value, "must be an integer >= 1")
+        raise ConfigError("n_tangents", value, "must be an integer >= 1 (the number of tangent directions K)")
     return value
 
 
-def _number(name, value, *, low=0.0, strict=False):
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
-        (value > low if strict else value >= low)
-    if not ok:
-        raise ConfigError(name, value, f"must be a finite number {'>' if strict else '>='} {low}")
+def _damping(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError("damping", value, "must be a finite number >= 0 (relative to G̃'s top eigenvalue)")
     return float(value)
-
-
-def _flag(name, value):
-    if not isinstance(value, bool):
-        raise ConfigError(name, value, "must be True or False")
-    return value
 
 
 def _transform(tx, learning_rate, default) -> optax.GradientTransformation:
@@ -165,7 +158,7 @@ def _transform(tx, learning_rate, default) -> optax.GradientTransformation:
     if learning_rate is None:
         raise ConfigError("learning_rate", None, "give a learning rate (or tx=<an optax transformation>)")
     if not callable(learning_rate):
-        _number("learning_rate", learning_rate, strict=True)
+        checks.positive("learning_rate", learning_rate)
     return default(learning_rate)
 
 
@@ -201,12 +194,12 @@ class RecurrentOptimizer(NamedTuple):
 
 def _optimizer(system, engine, *, stream: bool, batch_size, check=lambda params: None) -> RecurrentOptimizer:
     """Wrap an engine factory ``engine(system) -> Optimizer`` (sofo_lab/optim/base.py)."""
-    stream = _flag("stream", stream)
+    stream = checks.boolean("stream", stream)
     if stream and batch_size is None:
         raise ConfigError("batch_size", None, "stream=True carries B network states across windows: give "
                           "batch_size=B")
     if batch_size is not None:
-        _positive_int("batch_size", batch_size)
+        checks.positive_int("batch_size", batch_size)
 
     def init(params):
         check(params)
@@ -236,10 +229,10 @@ def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int
     Levenberg-Marquardt λ within ``damping_range`` (docs/sofo.md). Memory is constant in T.
     """
     system = make_system(step, loss, init_state)
-    n_tangents = _positive_int("n_tangents", n_tangents)
-    damping = _number("damping", damping)
-    orthonormalize, adaptive_damping = _flag("orthonormalize", orthonormalize), _flag("adaptive_damping",
-                                                                                      adaptive_damping)
+    n_tangents = _tangents(n_tangents)
+    damping = _damping(damping)
+    orthonormalize = checks.boolean("orthonormalize", orthonormalize)
+    adaptive_damping = checks.boolean("adaptive_damping", adaptive_damping)
     low, high = _damping_range(damping_range)
     tx = _transform(tx, learning_rate, optax.sgd)
     engine = lambda s: _sofo.sofo(s, tx, n_tangents=n_tangents, damping=damping,  # noqa: E731
@@ -253,7 +246,7 @@ def _damping_range(value):
     if not (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
             and 0 < value[0] <= value[1] < math.inf):
-        raise ConfigError("damping_range", value, "must be (min, max) with 0 < min <= max (bounds of the adaptive λ)")
+        raise ConfigError("damping_range", value, "must be [min, max] with 0 < min <= max (adaptive λ bounds)")
     return float(value[0]), float(value[1])
 
 
@@ -262,8 +255,8 @@ def fgd(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int 
     """Forward gradient descent (Baydin et al. 2022; the SOFO paper's first-order baseline):
     ``ĝ = (P/K) V Vᵀ∇L`` from the same forward pass, ``θ ← θ + tx(ĝ)`` (default ``optax.adam``)."""
     system = make_system(step, loss, init_state)
-    n_tangents = _positive_int("n_tangents", n_tangents)
-    orthonormalize = _flag("orthonormalize", orthonormalize)
+    n_tangents = _tangents(n_tangents)
+    orthonormalize = checks.boolean("orthonormalize", orthonormalize)
     tx = _transform(tx, learning_rate, optax.adam)
     engine = lambda s: _fgd.fgd(s, tx, n_tangents=n_tangents, orthonormalize=orthonormalize,  # noqa: E731
                                 fast=False)
@@ -278,9 +271,9 @@ def uoro(step, loss, *, init_state, batch_size: int, learning_rate=None, tx=None
     ``optax.adam``). ``stream=True``: the network state, s̃ and θ̃ carry across calls; B streams
     (``batch_size``) share one θ̃. The algorithm step by step: sofo_lab/optim/uoro.py."""
     system = make_system(step, loss, init_state)
-    update_every, eps = _positive_int("update_every", update_every), _number("eps", eps, strict=True)
+    update_every, eps = checks.positive_int("update_every", update_every), checks.positive("eps", eps)
     tx = _transform(tx, learning_rate, optax.adam)
-    _positive_int("batch_size", batch_size)
+    checks.positive_int("batch_size", batch_size)
     engine = lambda s: _uoro.uoro(s, tx, batch_size=batch_size, update_every=update_every, eps=eps)  # noqa: E731
     return _optimizer(system, engine, stream=stream, batch_size=batch_size)
 
@@ -291,10 +284,10 @@ def rtrl(step, loss, *, init_state, batch_size: int, learning_rate=None, tx=None
     online gradient, ``θ ← θ + tx(Σ g)`` every ``update_every`` steps (default ``optax.adam``).
     Memory B·dim(s)·P floats, refused above ``max_jacobian``: small models only."""
     system = make_system(step, loss, init_state)
-    update_every = _positive_int("update_every", update_every)
-    max_jacobian = _positive_int("max_jacobian", max_jacobian)
+    update_every = checks.positive_int("update_every", update_every)
+    max_jacobian = checks.positive_int("max_jacobian", max_jacobian)
     tx = _transform(tx, learning_rate, optax.adam)
-    _positive_int("batch_size", batch_size)
+    checks.positive_int("batch_size", batch_size)
 
     def fits(params):
         S = sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda q: system.init_state(q, batch_size), params)))
@@ -311,8 +304,8 @@ def rtrl(step, loss, *, init_state, batch_size: int, learning_rate=None, tx=None
 
 def _direction_fn(step, loss, init_state, n_tangents, orthonormalize, with_ggn, finish):
     system = make_system(step, loss, init_state)
-    n_tangents = _positive_int("n_tangents", n_tangents)
-    orthonormalize = _flag("orthonormalize", orthonormalize)
+    n_tangents = _tangents(n_tangents)
+    orthonormalize = checks.boolean("orthonormalize", orthonormalize)
 
     def value_and_direction(params, inputs, targets, key, weights=None, state=None):
         _tangents_fit(n_tangents, orthonormalize, params)
@@ -338,7 +331,7 @@ def value_and_sofo_direction(step, loss, *, init_state, n_tangents: int = 64, da
     (no credit flows into it); ``info["state"]`` is the state after the last step. ``info`` also
     holds the curvature metrics of sofo_lab/optim/sofo.py.
     """
-    damping = _number("damping", damping)
+    damping = _damping(damping)
 
     def finish(tangents, sketch, params):
         z, s = _sofo.damped_solve(sketch.ggn, sketch.c, damping)

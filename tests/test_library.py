@@ -209,7 +209,7 @@ def _update_once(opt, weights=None):
 
 @pytest.mark.parametrize("call,message", [
     (lambda: sofo_lab.sofo(gru_like, "mse", init_state=jnp.zeros(N), learning_rate=0.3, n_tangents=0),
-     "n_tangents=0: must be an integer >= 1"),
+     "n_tangents=0: must be an integer >= 1 (the number of tangent directions K)"),
     (lambda: sofo_lab.sofo(gru_like, "mse", init_state=jnp.zeros(N), learning_rate=0.3, damping=-1.0),
      "damping=-1.0: must be a finite number >= 0"),
     (lambda: sofo_lab.sofo(gru_like, "mae", init_state=jnp.zeros(N), learning_rate=0.3), "loss='mae': choose one of"),
@@ -217,13 +217,17 @@ def _update_once(opt, weights=None):
     (lambda: sofo_lab.sofo(gru_like, "mse", init_state=jnp.zeros(N), learning_rate=0.1, tx=optax.sgd(0.1)),
      "learning_rate=0.1: give learning_rate or tx, not both"),
     (lambda: sofo_lab.fgd(gru_like, "mse", init_state=None, learning_rate=0.1), "init_state=None: give the state"),
+    (lambda: sofo_lab.fgd(gru_like, "mse", init_state=jnp.zeros(N), learning_rate=-1), "learning_rate=-1: must be a "
+     "positive finite number"),
+    (lambda: sofo_lab.fgd(gru_like, "mse", init_state=jnp.zeros(N), learning_rate=0.1, stream="yes"),
+     "stream='yes': must be true or false"),
     (lambda: sofo_lab.fgd("gru", "mse", init_state=jnp.zeros(N), learning_rate=0.1), "step='gru': must be a function"),
     (lambda: sofo_lab.sofo(gru_like, "mse", init_state=jnp.zeros(N), learning_rate=0.1, stream=True),
      "batch_size=None: stream=True carries"),
     (lambda: sofo_lab.uoro(gru_like, "mse", init_state=jnp.zeros(N), batch_size=0, learning_rate=0.1),
-     "batch_size=0: must be an integer >= 1"),
+     "batch_size=0: must be a positive integer"),
     (lambda: sofo_lab.uoro(gru_like, "mse", init_state=jnp.zeros(N), batch_size=2, learning_rate=0.1,
-                           update_every=0), "update_every=0: must be an integer >= 1"),
+                           update_every=0), "update_every=0: must be a positive integer"),
     (lambda: sofo_lab.rtrl(gru_like, "mse", init_state={"h": jnp.zeros(N)}, batch_size=B, learning_rate=0.1,
                            max_jacobian=10).init(setup()[0]), "max_jacobian=10: the Jacobian"),
     (lambda: sofo_lab.sofo(gru_like, "mse", init_state={"h": jnp.zeros(N)}, learning_rate=0.1, n_tangents=10_000,
