@@ -2,8 +2,11 @@
 
 Before Hydra starts, every override is checked by composing the config and building the run
 (``precheck``), so bad input ends in one line naming the key, the value and what is allowed,
-with a non-zero exit and no traceback (``HYDRA_FULL_ERROR=1`` shows it). Then Hydra runs as
-usual: ``--help``, ``--cfg job``, ``-m`` and launchers behave as in any Hydra app.
+with a non-zero exit and no traceback (``HYDRA_FULL_ERROR=1`` shows it). The pre-check reads the
+command line with Hydra's own parser and composes on Hydra's search path, so a user's configs
+(``--config-dir <dir>`` or ``hydra.searchpath=[...]``, docs/library.md) are checked exactly as
+the package's. Then Hydra runs as usual: ``--cfg job``, ``-m`` and launchers behave as in any
+Hydra app.
 """
 from __future__ import annotations
 
