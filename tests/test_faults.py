@@ -210,19 +210,14 @@ def test_full_disk_before_and_during_a_run(tmp_path, tiny_disk):
 @pytest.mark.slow
 def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_path):
     run = tmp_path / "run"
-    args = [*TINY, "iterations=1500", "checkpoint_every=50", "log_every=50", "eval_every=500",
+    args = [*TINY, "iterations=300", "checkpoint_every=25", "log_every=25", "eval_every=100",
             f"hydra.run.dir={run}"]
     proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 180
         while not (run / checkpoint.CHECKPOINT).exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        config = (run / ".hydra" / "config.yaml").read_bytes()
-        second = run_cli([*args, "seed=1"], cwd=tmp_path)     # same directory, another seed
-        line = one_line_error(second)
-        assert f"in use by process {proc.pid}" in line and "hydra.run.dir" in line
-        assert (run / ".hydra" / "config.yaml").read_bytes() == config
+            time.sleep(0.02)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
@@ -230,7 +225,21 @@ def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_pa
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("Caught SIGINT: checkpoint written")
     stopped = int(checkpoint.load(run)["state"].iteration)
-    assert 50 <= stopped < 1500   # written at the signal, after the first periodic checkpoint
+    assert 25 <= stopped < 300   # written at the signal, after the first periodic checkpoint
+
+    # another process holds the directory: a second run is refused before Hydra writes .hydra/
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sofo_lab import rundir; "
+                               "rundir.lock(sys.argv[1]); print('held', flush=True); time.sleep(120)", str(run)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = (run / ".hydra" / "config.yaml").read_bytes()
+        line = one_line_error(run_cli([*args, "seed=1"], cwd=tmp_path))     # same directory, another seed
+        assert f"in use by process {holder.pid}" in line and "hydra.run.dir" in line
+        assert (run / ".hydra" / "config.yaml").read_bytes() == config
+    finally:
+        holder.kill()
+        holder.wait()
 
     # a truncated last.pkl: the rerun resumes from prev.pkl and says so
     last = run / checkpoint.CHECKPOINT
