@@ -83,3 +83,15 @@ def test_lambda_stays_within_its_bounds():
                    damping_min=1e-3, damping_max=1e-3)
         _, state2, _, _ = jax.jit(opt.update)(params, opt.init(params), batch, jax.random.PRNGKey(0), None)
         np.testing.assert_allclose(float(state2.damping), 1e-3, rtol=1e-6)
+
+
+def test_a_rejected_step_restarts_momentum():
+    with jax.enable_x64(True):
+        system, params, batch = _problem()
+        opt = sofo(system, optax.sgd(3.0, momentum=0.9), n_tangents=K, damping=1e-6, adaptive_damping=True)
+        state = opt.init(params)
+        state = state._replace(inner=jax.tree.map(lambda x: x + 1.0, state.inner))   # a stale momentum buffer
+        new, state2, _, m = jax.jit(opt.update)(params, state, batch, jax.random.PRNGKey(0), None)
+        assert float(m["sofo/accepted"]) == 0.0
+        for leaf in jax.tree.leaves(state2.inner):
+            np.testing.assert_array_equal(leaf, 0.0)

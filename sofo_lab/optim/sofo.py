@@ -19,9 +19,9 @@ the quadratic model in the subspace predicts the decrease of the step actually t
     ρ = actual / predicted:   ρ > ¾: λ ← λ·⅔      ρ < ¼: λ ← λ·3/2
 
 one extra primal pass (no tangents). A step that raises the loss on its own batch (or makes
-it non-finite) is rejected: θ and the optax state stay, λ grows by 3/2 ... until a step is
-accepted, which keeps a closed loop that a small λ would blow up from diverging. λ stays in
-``[damping_min, damping_max]``.
+it non-finite) is rejected: θ stays, λ grows by 3/2 at every rejection until a step is
+accepted, which keeps a closed loop that a small λ would blow up from diverging; a rejection
+also restarts the optax state (momentum). λ stays in ``[damping_min, damping_max]``.
 
 Metrics: ``loss``, ``sofo/top_eigenvalue`` (s_max), ``sofo/condition_number`` (s_max / s_min of
 G̃, with s_min floored at 1e-16·s_max), ``sofo/damped_condition_number``, ``sofo/projected_grad_norm``
@@ -116,7 +116,8 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
                    "sofo/projected_grad_norm": c_norm, "sofo/damping": lam}
         if adaptive_damping:
             new_params, inner, lam, lm = _levenberg_marquardt(
-                system, params, new_params, state.inner, inner, updates, direction, z, sketch, batch, carry, lam)
+                system, params, new_params, transform.init(params), inner, updates, direction, z, sketch, batch,
+                carry, lam)
             updates = jax.tree.map(jnp.subtract, new_params, params)
             lam = jnp.clip(lam, damping_min, damping_max)
             metrics.update(lm)
@@ -126,9 +127,12 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     return Optimizer(init_fn, update_fn)
 
 
-def _levenberg_marquardt(system, params, new_params, old_inner, inner, updates, direction, z, sketch, batch,
+def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates, direction, z, sketch, batch,
                          carry, lam):
-    """Compare the subspace model's predicted decrease with the actual one; adapt λ, reject bad steps."""
+    """Compare the subspace model's predicted decrease with the actual one; adapt λ, reject bad steps.
+
+    A rejected step also restarts the optax state (``fresh_inner``): a momentum buffer that pushed
+    the loss up would otherwise push it up again at every later step."""
     B = batch.batch_size
     _, _, losses = rollout(system, new_params, initial_state(system, new_params, carry, B), batch)
     with _forward._x64():
@@ -144,7 +148,7 @@ def _levenberg_marquardt(system, params, new_params, old_inner, inner, updates, 
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)  # noqa: E731
     metrics = {"sofo/rho": rho.astype(jnp.float32), "sofo/accepted": accept.astype(jnp.float32),
                "sofo/predicted_decrease": predicted.astype(jnp.float32)}
-    return keep(new_params, params), keep(inner, old_inner), lam * factor, metrics
+    return keep(new_params, params), keep(inner, fresh_inner), lam * factor, metrics
 
 
 def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tangents, damping, orthonormalize,
