@@ -78,6 +78,7 @@ def plot_loss_curve(run_dir: Path, history: list[dict], references: dict[str, fl
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     train = [(r["iteration"], r["train/loss"]) for r in history if _finite(r.get("train/loss"))]
     evals = [(r["iteration"], r["eval/loss"]) for r in history if _finite(r.get("eval/loss"))]
@@ -97,6 +98,8 @@ def plot_loss_curve(run_dir: Path, history: list[dict], references: dict[str, fl
     values = [v for _, v in train + evals] + list(levels.values())
     if min(values) > 0:
         ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.set_xlabel("iteration")
     ax.set_ylabel("loss")
     ax.legend(fontsize=8)

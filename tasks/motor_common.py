@@ -396,9 +396,9 @@ def plot_torques(task: MotorTask, out_dir, batch, ys, n_trials: int = 4) -> str:
     axes[2].set_xlabel("time (s)")
     handles = axes[0].get_legend_handles_labels()[0] + [
         Line2D([], [], color="0.4", ls=":", lw=0.8, label="go cue (trial's colour)")]
-    axes[0].legend(handles=handles, fontsize=7, ncol=n + 1, loc="upper left")
-    axes[0].set_title(f"{n} held-out trials: joint torques and hand speed", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(f"{n} held-out trials: joint torques and hand speed", fontsize=9)
+    fig.legend(handles=handles, fontsize=7, ncol=n + 1, loc="upper center", bbox_to_anchor=(0.5, 0.965))
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     path = f"{out_dir}/{task.name}_torques.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
