@@ -293,8 +293,8 @@ def rtrl(step, loss, *, init_state, batch_size: int, learning_rate=None, tx=None
         S = sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda q: system.init_state(q, batch_size), params)))
         P = sum(x.size for x in jax.tree.leaves(params))
         if S * P > max_jacobian:
-            raise ConfigError("max_jacobian", max_jacobian, f"the Jacobian ∂s/∂θ would hold {S}×{P} = {S * P:.3g} "
-                              "floats; use a smaller model or batch, raise max_jacobian, or use uoro")
+            raise ConfigError("max_jacobian", max_jacobian, f"the Jacobian ∂s/∂θ would hold {S}×{P} = "
+                              f"{S * P:.3g} floats; use a smaller model or batch, raise max_jacobian, or use uoro")
 
     engine = lambda s: _rtrl.rtrl(s, tx, batch_size=batch_size, update_every=update_every)  # noqa: E731
     return _optimizer(system, engine, stream=stream, batch_size=batch_size, check=fits)

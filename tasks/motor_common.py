@@ -198,7 +198,8 @@ class MotorTask(Task):
         try:
             radius = np.broadcast_to(radius, (B, M))
         except ValueError:
-            raise ConfigError("radius", radius.tolist(), f"must be a scalar, one per trial [B] or [B, {M}] (m)") from None
+            raise ConfigError("radius", radius.tolist(), f"must be a scalar, one per trial [B] or [B, {M}] (m)") \
+                from None
         if np.any(radius < 0) or np.any(radius > edge + 1e-9):
             worst = int(np.argmax(radius - edge))
             raise ConfigError("radius", float(radius.flat[worst]), f"must be in [0, {float(edge.flat[worst]):.3f}] m "

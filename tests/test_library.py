@@ -70,7 +70,7 @@ def test_generic_hessian_path_equals_the_closed_forms_for_mse_and_cross_entropy(
 
 
 def test_custom_loss_gives_the_c_and_ggn_of_dense_jacobians_and_hessian():
-    """Poisson loss, float64: C = Vᵀ∇L (reverse mode) and G̃ = Vᵀ JᵀHJ V (dense J and H over all T·B·O outputs)."""
+    """Poisson loss, float64: C = Vᵀ∇L (reverse mode), G̃ = Vᵀ JᵀHJ V (dense J, H over all T·B·O outputs)."""
     with jax.enable_x64(True):
         params, inputs, targets, weights = setup()
         params = jax.tree.map(lambda x: x.astype(jnp.float64), params)

@@ -4,7 +4,6 @@ import stat
 import zipfile
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -109,7 +108,8 @@ def test_double_reach_trials_take_one_angle_per_movement_and_refuse_what_cannot_
     batch = task.trials(angles=[[0.0, 90.0]], radius=0.1)
     np.testing.assert_allclose(batch.extras.targets[0], np.asarray(task.start) + [[0.1, 0.0], [0.0, 0.1]], atol=1e-6)
     assert int(batch.extras.go[0, 1] - batch.extras.go[0, 0]) == task.gap_steps
-    for kwargs, message in [(dict(angles=[0.0]), "angles=\\[0.0\\]: must be finite degrees, one per trial and movement"),
+    one_each = "angles=\\[0.0\\]: must be finite degrees, one per trial and movement"
+    for kwargs, message in [(dict(angles=[0.0]), one_each),
                             (dict(angles=[[0.0, 0.0]], radius=0.9), "radius=0.9: must be in \\[0, 0.5"),
                             (dict(angles=[[0.0, 0.0]], delays=9.0), "delays=9.0: idle \\+ delay must be <=")]:
         with pytest.raises(ConfigError, match=message):
