@@ -415,7 +415,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     written = compare(args.dirs, args.out, args.spread, args.title)
     print(Path(written["markdown"]).read_text(), end="")
-    print(f"Wrote {', '.join(written['figures'])}, {written['markdown']}, {written['csv']} ({written['runs']} runs)")
+    print(f"Wrote {', '.join(written['figures'])}, {written['markdown']}, {written['csv']} "
+          f"({written['runs']} run{'s' if written['runs'] != 1 else ''})")
 
 
 if __name__ == "__main__":
