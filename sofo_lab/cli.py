@@ -51,7 +51,9 @@ class Command(NamedTuple):
 def command(argv: list[str]) -> Command:
     from hydra._internal.utils import get_args_parser   # the parser @hydra.main uses
 
-    args = get_args_parser().parse_args(argv)   # a bad flag exits here exactly as Hydra would
+    # A bad flag exits here as in Hydra; flags may stand between overrides (Hydra's own parser
+    # would refuse `task=kalman -m seed=0,1` with a usage line, after this check).
+    args = get_args_parser().parse_intermixed_args(argv)
     runs = not (args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
                 or args.config_path)   # -cp points at another app's configs: Hydra's business
     overrides, search = [], []
@@ -65,6 +67,20 @@ def command(argv: list[str]) -> Command:
         entries = [repr(str(v)) for o in _parse(search) for v in o.value()] + [repr(f"file://{path}")]
         search = [f"hydra.searchpath=[{','.join(entries)}]"]
     return Command(runs, bool(args.multirun), args.config_name or "config", overrides, search)
+
+
+def flags_first(argv: list[str]) -> list[str]:
+    """``argv`` with Hydra's flags before the overrides, where Hydra's own parser wants them."""
+    from hydra._internal.utils import get_args_parser
+
+    overrides = list(get_args_parser().parse_intermixed_args(argv).overrides)
+    rest, pending = [], list(overrides)
+    for a in argv:
+        if pending and a == pending[0]:
+            pending.pop(0)
+        else:
+            rest.append(a)
+    return rest + overrides
 
 
 def _options(group: str, search: tuple[str, ...] = ()) -> list[str]:
@@ -270,6 +286,7 @@ def main() -> None:
             raise
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    sys.argv[1:] = flags_first(sys.argv[1:])   # `sofo-run task=reach -m seed=0,1` works too
     try:
         _run()
     except KeyboardInterrupt:   # Ctrl-C before training started (training itself checkpoints and exits 130)
