@@ -125,3 +125,20 @@ def test_impossible_values_raise_config_error_naming_the_key(override, key):
     with pytest.raises(ConfigError) as info:
         build(cfg)
     assert info.value.key == key
+
+
+def test_the_task_hands_its_settings_to_the_model_and_a_model_without_them_says_so():
+    base = ["task=reach", "optim=adam", "logger=none"]
+    rnn = build(compose_config([*base, "model=rnn"])).model
+    assert rnn.alpha == 0.01 / 0.02 and rnn.noise_amplitude == 0.28   # reach.yaml's dt, tau, private_noise
+    quiet = build(compose_config([*base, "model=rnn", "model.noise_amplitude=0", "model.tau=0.05"])).model
+    assert quiet.noise_amplitude == 0.0 and quiet.alpha == 0.01 / 0.05   # a number in the model config wins
+    assert build(compose_config(["task=anbn", "model=rnn", "optim=adam"])).model.alpha == 1.0 / 4.0   # defaults
+    for model in ("gru", "lstm"):
+        with pytest.warns(UserWarning, match=f"model={model} has no noise_amplitude: the task's noise_amplitude=0.28"):
+            build(compose_config([*base, f"model={model}"]), {"model": model})
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")   # dt and tau mean nothing to a discrete-time model: no warning
+        build(compose_config(["task=kalman", "model=gru", "optim=adam"]), {"model": "gru"})
