@@ -80,13 +80,14 @@ def test_reference_rates():
 
 
 def test_online_scores_are_the_cumulative_mean_and_the_authors_moving_average():
-    window_bits, T = [2.0, 1.0, 0.5, 0.25, 3.0], 4
+    window_bits, T = [2.0, 1.0, 0.5, 0.25, 3.0, 1.5, 0.75], 4   # T/√t < 1 from t = 20 on
     score, recent = init_score(), None
     for i, bits in enumerate(window_bits):
         score = update_score(score, bits, T)
         t = (i + 1) * T
-        recent = bits if recent is None else recent * (1 - 1 / math.sqrt(t)) + bits / math.sqrt(t)
-    assert int(score.chars) == 20
+        rate = min(1.0, T / math.sqrt(t))   # the per-character rate 1/√t, T characters at a time
+        recent = bits if recent is None else recent * (1 - rate) + bits * rate
+    assert int(score.chars) == 28
     assert float(score.cumulative) == pytest.approx(np.mean(window_bits), rel=1e-6)
     assert float(score.recent) == pytest.approx(recent, rel=1e-6)
 
@@ -109,7 +110,7 @@ def test_every_optimizer_runs_on_a_stream(tmp_path, optim):
 def test_resumed_stream_continues_the_same_stream_and_estimator(tmp_path):
     """A run resumed from a mid-run checkpoint ends bit-identical to an uninterrupted one:
     params, UORO's s̃/θ̃, the generators' state, the carried network state and the scores."""
-    args = ["task=brackets", "optim=uoro", *TINY_STREAM]
+    args = ["task=brackets", "optim=uoro", *TINY_STREAM, "log_geometric=1.5"]
     full = compose_config([*args, "iterations=6"])
     train(full, tmp_path / "full")
     train(compose_config([*args, "iterations=3"]), tmp_path / "half")
@@ -131,6 +132,24 @@ def test_resumed_stream_continues_the_same_stream_and_estimator(tmp_path):
     for x, y in zip(leaves_a, leaves_b):
         np.testing.assert_array_equal(x, y)
     assert np.any(np.asarray(a.opt_state.theta_tilde["W_h"]) != 0)   # the estimator state was carried
+    # The geometric log (iterations 1, 2, 3, 4, 6 at ×1.5) continues with the same rows.
+    rows = lambda d: [{k: v for k, v in json.loads(x).items() if k != "time_s"}
+                      for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows("full")] == [1, 2, 3, 4, 6]
+    assert rows("resumed") == [r for r in rows("full") if r["iteration"] > 3]
+
+
+def test_geometric_logging_keeps_a_long_stream_small():
+    """10⁷ characters in windows of 320: 31 250 iterations, 678 rows at ×1.01 (the authors' spacing)."""
+    from sofo_lab.errors import ConfigError
+    from sofo_lab.runner import log_due
+
+    points = [i for i in range(1, 31251) if log_due(i, 10, 1.01)]
+    assert len(points) == 678 and points[:3] == [1, 2, 3]
+    assert max(b / a for a, b in zip(points[200:], points[201:])) < 1.015
+    assert [i for i in range(1, 31) if log_due(i, 10, None)] == [10, 20, 30]
+    with pytest.raises(ConfigError, match="log_geometric"):
+        log_due(5, 10, 1.0)
 
 
 @pytest.mark.parametrize("script", ["bench_influence", "bench_char_tasks", "bench_uoro_cost"])
