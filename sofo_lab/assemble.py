@@ -28,6 +28,8 @@ RUN_INTS = ("iterations", "batch_size", "log_every", "eval_every", "checkpoint_e
 # A discrete-time model (GRU, LSTM) steps once per task step: it needs no dt or time constant,
 # so dropping these task settings changes nothing the task defines and goes unannounced.
 TIME_SETTINGS = ("dt", "tau")
+# a model with an initialization of its own (gru, lstm) ignores the task's init settings silently
+INIT_SETTINGS = ("learn_init_state", "rec_gain", "readout_scale", "weight_scaling")
 
 
 class Setup(NamedTuple):
@@ -135,7 +137,7 @@ def _model(cfg: DictConfig, task, choice: str | None):
                 plain[key] = value
         elif accepted is None or key in accepted:
             runtime[key] = value
-        elif key not in TIME_SETTINGS and value:
+        elif key not in TIME_SETTINGS + INIT_SETTINGS and value:
             warnings.warn(f"model={choice or node._target_} has no {key}: the task's {key}={value} is not applied "
                           f"(a model that takes {key}, e.g. model=rnn, applies it)", stacklevel=2)
     defaults = _signature_defaults(obj)

@@ -71,7 +71,7 @@ class MotorTask(Task):
 
     def __init__(self, n_steps=180, dt=0.01, tau=0.02, private_noise=0.28, idle=(0.1, 0.3), delay=(0.2, 0.6),
                  gap=0.0, free=0.5, final_hold=0.1, radius=(0.2, 0.5), angle_range=(-36.0, 216.0),
-                 reach_fraction=0.95, l2=0.30, integrator="euler", torque_scale=0.1, hold_weight=1.0,
+                 reach_fraction=0.95, l2=0.30, integrator="euler", torque_scale=1.0, hold_weight=1.0,
                  target_weight=4.0, velocity_weight=1.0, effort_weight=0.0, loss_scale=10.0, name=None):
         if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 4:
             raise ConfigError("task.n_steps", n_steps, "must be an integer >= 4")
@@ -119,8 +119,10 @@ class MotorTask(Task):
         return ArmSystem(model, self.loss, self.arm, self.dt, self.integrator, self.torque_scale)
 
     def model_settings(self) -> dict:
-        """The network steps with the arm (dt), with the authors' τ and multiplicative private noise."""
-        return {"dt": self.dt, "tau": self.tau, "noise_amplitude": self.private_noise}
+        """The network steps with the arm (dt), with the authors' τ, private noise and initialization."""
+        return {"dt": self.dt, "tau": self.tau, "noise_amplitude": self.private_noise,
+                # the authors' motor init: nearly feedforward, tiny torques, learned initial state
+                "weight_scaling": "n", "rec_gain": 0.5, "readout_scale": 0.1, "learn_init_state": True}
 
     # --- sampling --------------------------------------------------------------------------
     def _edge(self, angle, xp=jnp):

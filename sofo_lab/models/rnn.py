@@ -17,13 +17,16 @@ from sofo_lab.errors import ConfigError
 from sofo_lab.models._init import check_positive, normal
 
 NONLINEARITIES = {"relu": jax.nn.relu, "tanh": jnp.tanh, "softplus": jax.nn.softplus}
+# W_rec and W_out std = gain / √N (the usual), or gain / N: the SOFO authors' motor networks start
+# nearly feedforward with tiny torques (W_rec std 0.5/N, readout std 0.1/N; docs/motor.md).
+WEIGHT_SCALINGS = ("sqrt_n", "n")
 
 
 class RateRNN:
     def __init__(self, n_inputs: int, n_outputs: int, n_hidden: int = 64, dt: float = 1.0,
                  tau: float = 4.0, nonlinearity: str = "relu", noise_amplitude: float = 0.0,
                  learn_init_state: bool = False, rec_gain: float = 0.9, input_scale: float = 1.0,
-                 readout_scale: float = 1.0):
+                 readout_scale: float = 1.0, weight_scaling: str = "sqrt_n"):
         check_positive("model.n_hidden", n_hidden)
         check_positive("model.dt", dt, float)
         check_positive("model.tau", tau, float)
@@ -33,6 +36,9 @@ class RateRNN:
             raise ConfigError("model.nonlinearity", nonlinearity, f"choose one of {sorted(NONLINEARITIES)}")
         if noise_amplitude < 0:
             raise ConfigError("model.noise_amplitude", noise_amplitude, "must be >= 0")
+        if weight_scaling not in WEIGHT_SCALINGS:
+            raise ConfigError("model.weight_scaling", weight_scaling, f"choose one of {list(WEIGHT_SCALINGS)}")
+        self.weight_scaling = weight_scaling
         self.n_inputs, self.n_outputs, self.n_hidden = n_inputs, n_outputs, n_hidden
         self.alpha = dt / tau
         self.phi = NONLINEARITIES[nonlinearity]
@@ -43,11 +49,12 @@ class RateRNN:
     def init_params(self, key):
         I, N, O = self.n_inputs, self.n_hidden, self.n_outputs
         k_in, k_rec, k_out = jax.random.split(key, 3)
+        fan = jnp.sqrt(N) if self.weight_scaling == "sqrt_n" else N
         params = {
             "W_in": normal(k_in, (I, N), self.input_scale / jnp.sqrt(I)),
-            "W_rec": normal(k_rec, (N, N), self.rec_gain / jnp.sqrt(N)),
+            "W_rec": normal(k_rec, (N, N), self.rec_gain / fan),
             "b": jnp.zeros(N),
-            "W_out": normal(k_out, (N, O), self.readout_scale / jnp.sqrt(N)),
+            "W_out": normal(k_out, (N, O), self.readout_scale / fan),
             "b_out": jnp.zeros(O),
         }
         if self.learn_init_state:

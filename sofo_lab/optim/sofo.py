@@ -143,8 +143,8 @@ def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates
         actual = sketch.loss - new_loss
         rho = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1.0), -1.0)
         accept = jnp.isfinite(new_loss) & (actual >= 0)
-        rho = jnp.where(jnp.isfinite(rho), rho, -1.0)
-    factor = jnp.where(rho > LM_UPPER, LM_SHRINK, jnp.where(rho < LM_LOWER, LM_GROW, 1.0))
+        rho = jnp.where(jnp.isfinite(rho), rho, -1.0).astype(jnp.float32)
+    factor = jnp.where(rho > LM_UPPER, LM_SHRINK, jnp.where(rho < LM_LOWER, LM_GROW, 1.0)).astype(jnp.float32)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)  # noqa: E731
     metrics = {"sofo/rho": rho.astype(jnp.float32), "sofo/accepted": accept.astype(jnp.float32),
                "sofo/predicted_decrease": predicted.astype(jnp.float32)}
