@@ -81,6 +81,61 @@ def run(task, optim, seed, iterations, n_evals, run_dir, extra) -> dict:
     return record
 
 
+def pool_map(jobs: int, specs, task, n_evals) -> list[dict]:
+    """``run`` for each ``(optim, seed, iterations, run_dir, overrides)``, ``jobs`` processes at a time."""
+    if jobs <= 1 or len(specs) <= 1:
+        return [run(task, o, s, n, n_evals, d, x) for o, s, n, d, x in specs]
+    import concurrent.futures
+    import multiprocessing
+
+    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(specs)), mp_context=multiprocessing.get_context("spawn")) as ex:
+        return list(ex.map(run, *zip(*[(task, o, s, n, n_evals, d, x) for o, s, n, d, x in specs])))
+
+
+def one_round(args, task, n, seeds, extra, work, rows) -> list[dict]:
+    """Every run of a task at once: SOFO's seeds, Adam's sweep on seed 0 and Adam's other seeds."""
+    sofo_x = extra + (["optim.n_tangents=8"] if args.quick else []) + args.sofo.split()
+    width = max(1, min(args.jobs, 4))
+    probes = pool_map(width, [("sofo", seeds[0], 30, work / f"{task}-probe-sofo{i}", sofo_x) for i in range(width // 2)]
+                      + [("adam", seeds[0], 300, work / f"{task}-probe-adam{i}", extra) for i in range(width - width // 2)],
+                      task, 1)
+    t_sofo = float(np.median([p["step_time_s"] for p in probes if p["optim"] == "sofo"]))
+    t_adam = float(np.median([p["step_time_s"] for p in probes if p["optim"] == "adam"]))
+    adam_n = max(n, int(n * t_sofo / t_adam))
+    adam_n = min(adam_n, 200) if args.quick else adam_n
+    print(f"{task}: paired probe: SOFO {1e3 * t_sofo:.1f} ms, Adam {1e3 * t_adam:.1f} ms per iteration -> Adam gets "
+          f"{adam_n} iterations for SOFO's {n}", flush=True)
+    lr0, _, clip0 = args.one_round.partition(",")
+    default_x = extra + [f"optim.lr={lr0}"] + ([f"optim.clip_norm={clip0}"] if clip0 else [])
+    lrs = args.adam_lrs.split(",")
+    specs = [("sofo", s, n, work / f"{task}-sofo-s{s}", sofo_x) for s in seeds]
+    specs += [("adam", seeds[0], adam_n, work / f"{task}-adam-lr{lr}-clip", extra + [f"optim.lr={lr}", "optim.clip_norm=1.0"])
+              for lr in lrs]
+    specs += [("adam", seeds[0], adam_n, work / f"{task}-adam-lr{lr0}-noclip", extra + [f"optim.lr={lr0}"])]
+    specs += [("adam", s, adam_n, work / f"{task}-adam-default-s{s}", default_x) for s in seeds[1:]]
+    done = pool_map(args.jobs, specs, task, args.evals)
+    sofo, sweep, others = done[:len(seeds)], done[len(seeds):-(len(seeds) - 1) or None], done[len(done) - len(seeds) + 1:]
+    for r in sofo:
+        r["role"] = "sofo"
+    for r in sweep:
+        r["role"] = "adam_sweep"
+    chosen = next(r for r in sweep if r["overrides"] == default_x)
+    chosen["role"] = "adam_best"
+    for r in others:
+        r["role"] = "adam_best"
+    best = max(sweep, key=score)
+    adam = [chosen, *others]
+    rows.append(summarize(task, "equal iterations", sofo, [r["curve"][-1] for r in sofo]))
+    rows.append(summarize(task, "equal iterations", adam, [at_iteration(r, n) for r in adam]))
+    rows.append(summarize(task, "equal wall-clock", adam, [r["curve"][-1] for r in adam]))
+    for r in sweep:
+        if r is not chosen:
+            rows.append(summarize(task, "equal wall-clock (seed 0, lr sweep)", [r], [r["curve"][-1]]))
+    rows[-1]["note"] = (f"sweep best on seed 0: lr {best['lr']:g}, clip {best['clip_norm']}; seeds 1.. ran at the "
+                        f"a-priori {args.one_round}")
+    return [*probes, *done]
+
+
 def at_iteration(record, iteration) -> dict:
     eligible = [p for p in record["curve"] if p["iteration"] <= iteration] or record["curve"][:1]
     return eligible[-1] if eligible else {}
@@ -171,6 +226,13 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes, 20 iterations, one seed (for the tests)")
     parser.add_argument("--extra", default="", help="overrides for every run (task/model keys), space-separated")
     parser.add_argument("--sofo", default="", help="overrides for the SOFO runs only, space-separated")
+    parser.add_argument("--one-round", default="",
+                        help="LR[,clip]: run everything at once (--jobs processes): Adam's budget comes from a paired "
+                             "probe of both step times, and seeds 1.. of Adam run at this a-priori setting "
+                             "(e.g. 1e-2,1.0) while the sweep runs on seed 0")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (processes); SOFO's seeds run together, then Adam's runs: every "
+                             "step time, and so the equal-wall-clock budget, is measured under the same load")
     args = parser.parse_args(argv)
     extra = (QUICK if args.quick else []) + args.extra.split()
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
@@ -182,26 +244,38 @@ def main(argv=None) -> int:
     print(f"machine: {info['cpu']} ({info['cpus_usable']} cores), jax {info['jax']} {info['backend']}", flush=True)
     for task in tasks:
         n = 20 if args.quick else compose([f"task={task}", *extra]).iterations
-        sofo = [run(task, "sofo", s, n, args.evals, work / f"{task}-sofo-s{s}", extra + (["optim.n_tangents=8"] if args.quick else []) + args.sofo.split())
-                for s in seeds]
+        if args.one_round:
+            runs += one_round(args, task, n, seeds, extra, work, rows)
+            continue
+        sofo = pool_map(args.jobs, [("sofo", s, n, work / f"{task}-sofo-s{s}", extra + (["optim.n_tangents=8"]
+                                     if args.quick else []) + args.sofo.split()) for s in seeds], task, args.evals)
         for r in sofo:
             r["role"] = "sofo"
         budget = float(np.mean([r["step_time_s"] for r in sofo])) * n
-        probe = run(task, "adam", seeds[0], 50, 1, work / f"{task}-adam-probe", extra)
-        adam_n = max(n, int(budget / probe["step_time_s"]))
+        # Adam's step time under the load SOFO's was measured under (as many processes at once)
+        width = min(args.jobs, len(seeds)) if args.jobs > 1 else 1
+        probes = pool_map(width, [("adam", seeds[0], 200, work / f"{task}-adam-probe{i}", extra)
+                                  for i in range(width)], task, 1)
+        adam_n = max(n, int(budget / float(np.median([p["step_time_s"] for p in probes]))))
         adam_n = min(adam_n, 200) if args.quick else adam_n
         print(f"{task}: SOFO {n} iterations in {budget:.0f} s of training; Adam gets {adam_n} iterations", flush=True)
-        sweep = [run(task, "adam", seeds[0], adam_n, args.evals, work / f"{task}-adam-lr{lr}-clip",
-                     extra + [f"optim.lr={lr}", "optim.clip_norm=1.0"]) for lr in args.adam_lrs.split(",")]
-        best = max(sweep, key=score)
-        sweep.append(run(task, "adam", seeds[0], adam_n, args.evals, work / f"{task}-adam-lr{best['lr']:g}-noclip",
-                         extra + [f"optim.lr={best['lr']}"]))
+        lrs = args.adam_lrs.split(",")
+        jobs = [("adam", seeds[0], adam_n, work / f"{task}-adam-lr{lr}-clip", extra + [f"optim.lr={lr}", "optim.clip_norm=1.0"])
+                for lr in lrs]
+        # with several jobs, the unclipped runs go along at every lr (no waiting for the best clipped one)
+        jobs += [("adam", seeds[0], adam_n, work / f"{task}-adam-lr{lr}-noclip", extra + [f"optim.lr={lr}"])
+                 for lr in (lrs if args.jobs > 1 else [])]
+        sweep = pool_map(args.jobs, jobs, task, args.evals)
+        if args.jobs == 1:
+            lr = max(sweep, key=score)["lr"]
+            sweep += pool_map(1, [("adam", seeds[0], adam_n, work / f"{task}-adam-lr{lr:g}-noclip",
+                                   extra + [f"optim.lr={lr}"])], task, args.evals)
         best = max(sweep, key=score)
         for r in sweep:
             r["role"] = "adam_sweep"
         best["role"] = "adam_best"
-        others = [run(task, "adam", s, adam_n, args.evals, work / f"{task}-adam-best-s{s}", best["overrides"])
-                  for s in seeds[1:]]
+        others = pool_map(args.jobs, [("adam", s, adam_n, work / f"{task}-adam-best-s{s}", best["overrides"])
+                                      for s in seeds[1:]], task, args.evals)
         for r in others:
             r["role"] = "adam_best"
         adam = [best, *others]
@@ -209,7 +283,7 @@ def main(argv=None) -> int:
         rows.append(summarize(task, "equal iterations", sofo, [r["curve"][-1] for r in sofo]))
         rows.append(summarize(task, "equal iterations", adam, [at_iteration(r, n) for r in adam]))
         rows.append(summarize(task, "equal wall-clock", adam, [r["curve"][-1] for r in adam]))
-        for r in sweep[:-1] + sweep[-1:]:
+        for r in sweep:
             if r is not best:
                 rows.append(summarize(task, "equal wall-clock (seed 0, lr sweep)", [r], [r["curve"][-1]]))
         partial = {"benchmark": "motor tasks: SOFO vs Adam", "machine": info, "table": rows, "runs": runs}
