@@ -99,7 +99,9 @@ def make_train_step(setup: Setup, seed: int, batch_size: int):
         params, opt_state, carry, metrics = optimizer.update(ts.params, ts.opt_state, batch, k_opt, ts.carry)
         data_state, extra = task.online_metrics(data_state, metrics, params)   # streams: online scores
         metrics = {**metrics, **extra}
-        finite = jnp.isfinite(metrics["loss"])
+        # an optimizer that undid its last step because this batch was non-finite (SOFO's adaptive
+        # damping) says so with ``rolled_back``: its parameters are the good ones before that step
+        finite = jnp.isfinite(metrics["loss"]) | (metrics.get("rolled_back", 0.0) > 0)
         for leaf in jax.tree.leaves(params):
             finite &= jnp.all(jnp.isfinite(leaf))
         metrics = {**metrics, "finite": finite}

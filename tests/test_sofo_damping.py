@@ -95,3 +95,22 @@ def test_a_rejected_step_restarts_momentum():
         assert float(m["sofo/accepted"]) == 0.0
         for leaf in jax.tree.leaves(state2.inner):
             np.testing.assert_array_equal(leaf, 0.0)
+
+
+def test_a_batch_that_is_non_finite_rolls_the_last_step_back():
+    with jax.enable_x64(True):
+        system, params, batch = _problem()
+        opt = sofo(system, optax.sgd(0.5), n_tangents=K, damping=1e-3, adaptive_damping=True)
+        update = jax.jit(opt.update)
+        stepped, state, _, m = update(params, opt.init(params), batch, jax.random.PRNGKey(0), None)
+        assert float(m["rolled_back"]) == 0.0
+        # the next batch makes the stepped parameters non-finite (an input blown up to inf)
+        bad = batch._replace(inputs=batch.inputs.at[0, 0, 0].set(jnp.inf))
+        back, state2, _, m2 = update(stepped, state, bad, jax.random.PRNGKey(1), None)
+        assert float(m2["rolled_back"]) == 1.0 and not np.isfinite(float(m2["loss"]))
+        for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+            np.testing.assert_array_equal(a, b)                   # the parameters before the last step
+        np.testing.assert_allclose(float(state2.damping), float(state.damping) * 10.0, rtol=1e-6)
+        # and training goes on from there
+        again, _, _, m3 = update(back, state2, batch, jax.random.PRNGKey(2), None)
+        assert float(m3["rolled_back"]) == 0.0 and np.isfinite(float(m3["loss"]))

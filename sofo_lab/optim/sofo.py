@@ -36,7 +36,7 @@ References:
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,9 +80,11 @@ def curvature_metrics(s, damping) -> dict:
 class SofoState(NamedTuple):
     inner: optax.OptState
     damping: jax.Array       # λ in use (float32 scalar); constant unless adaptive_damping
+    previous: Any            # adaptive: the parameters before the last step (finite on their batch), else None
 
 
 LM_LOWER, LM_UPPER, LM_SHRINK, LM_GROW = 0.25, 0.75, 2.0 / 3.0, 1.5   # Martens (2010) §4.1
+ROLLBACK_GROW = 10.0   # λ after a step whose next batch was non-finite
 
 
 def _tree_vdot(a, b):
@@ -91,15 +93,26 @@ def _tree_vdot(a, b):
                    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+def _select(flag, a, b):
+    return jax.tree.map(lambda x, y: jnp.where(flag, x, y), a, b)
+
+
 def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-3,
          orthonormalize: bool = False, sharding: _forward.LaneSharding = _forward.LaneSharding(),
          fast: bool = True, adaptive_damping: bool = False, damping_min: float = 1e-6,
          damping_max: float = 1.0) -> Optimizer:
-    """SOFO with ``transform`` (an optax transformation) applied to the direction ``V z``."""
+    """SOFO with ``transform`` (an optax transformation) applied to the direction ``V z``.
+
+    With ``adaptive_damping`` a batch on which the current parameters are non-finite (a closed loop
+    that the last step made unstable for some trial) rolls that step back: θ returns to the
+    parameters before it, the optax state restarts, λ grows ×10, and ``metrics["rolled_back"]`` is 1
+    so that the runner goes on instead of stopping at a non-finite loss.
+    """
     stepper = _forward.stepper_for(system, fast=fast)
 
     def init_fn(params):
-        return SofoState(transform.init(params), jnp.asarray(damping, jnp.float32))
+        return SofoState(transform.init(params), jnp.asarray(damping, jnp.float32),
+                         params if adaptive_damping else None)
 
     def update_fn(params, state, batch, key, carry):
         tangents = _forward.sample_tangents(key, params, n_tangents, orthonormalize)
@@ -114,15 +127,23 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
             c_norm = jnp.sqrt(jnp.sum(sketch.c ** 2)).astype(jnp.float32)
         metrics = {"loss": sketch.loss.astype(jnp.float32), **curvature_metrics(s, lam),
                    "sofo/projected_grad_norm": c_norm, "sofo/damping": lam}
+        previous = state.previous
         if adaptive_damping:
             new_params, inner, lam, lm = _levenberg_marquardt(
                 system, params, new_params, transform.init(params), inner, updates, direction, z, sketch, batch,
                 carry, lam)
-            updates = jax.tree.map(jnp.subtract, new_params, params)
             lam = jnp.clip(lam, damping_min, damping_max)
             metrics.update(lm)
+            with _forward._x64():
+                finite = jnp.isfinite(sketch.loss) & jnp.all(jnp.isfinite(sketch.c)) & jnp.all(jnp.isfinite(s))
+            new_params = _select(finite, new_params, state.previous)
+            inner = _select(finite, inner, transform.init(state.previous))
+            lam = jnp.where(finite, lam, jnp.clip(state.damping * ROLLBACK_GROW, damping_min, damping_max))
+            previous = _select(finite, params, state.previous)
+            metrics["rolled_back"] = (~finite).astype(jnp.float32)
+            updates = jax.tree.map(jnp.subtract, new_params, params)
         metrics["update_norm"] = tree_norm(updates)
-        return new_params, SofoState(inner, lam.astype(jnp.float32)), sketch.final_state, metrics
+        return new_params, SofoState(inner, lam.astype(jnp.float32), previous), sketch.final_state, metrics
 
     return Optimizer(init_fn, update_fn)
 
