@@ -136,6 +136,56 @@ def one_round(args, task, n, seeds, extra, work, rows) -> list[dict]:
     return [*probes, *done]
 
 
+def read_run(run_dir: Path) -> dict:
+    """A record like ``run``'s from one of this benchmark's run directories, finished or not (status
+    ``running`` without summary.json); the settings come from the directory's name."""
+    import re
+
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
+    name = run_dir.name
+    task, optim = name.split("-")[0], "sofo" if "-sofo-" in name else "adam"
+    seed = int(re.search(r"-s(\d+)$", name).group(1)) if re.search(r"-s(\d+)$", name) else 0
+    lr = re.search(r"-lr([0-9.e-]+?)-(no)?clip", name)
+    lr, clip = ((0.3, None) if optim == "sofo" else (1e-2, 1.0) if lr is None
+                else (float(lr.group(1)), None if lr.group(2) else 1.0))
+    curve = [{"iteration": r["iteration"], "train_time_s": r["time_s"],
+              **{k: r[f"eval/{k}"] for k in METRICS if r.get(f"eval/{k}") is not None}}
+             for r in history if "eval/loss" in r]
+    solved = next((p for p in curve if p.get("solved") == 1.0), None)
+    role = "sofo" if optim == "sofo" else ("adam_best" if "default" in name or "lr1e-2-clip" in name else "adam_sweep")
+    return {"task": task, "optim": optim, "seed": seed, "role": role, "lr": lr, "clip_norm": clip,
+            "status": summary.get("status", "running"), "error": summary.get("error"),
+            "reached_iteration": curve[-1]["iteration"] if curve else 0,
+            "solved_iteration": solved and solved["iteration"], "solved_time_s": solved and solved["train_time_s"],
+            "curve": curve, "run_dir": str(run_dir)}
+
+
+def collect(root: Path, out: Path) -> int:
+    runs = [read_run(d) for d in sorted(root.iterdir()) if (d / "metrics.jsonl").exists() and "probe" not in d.name]
+    lines = ["| run | status | reached iteration | training s | held-out loss | within 1 cm | moved early | hold error (cm) "
+             "| best held-out loss (iteration) | first solved |", "|" + "---|" * 10]
+    for r in runs:
+        end = r["curve"][-1]
+        good = [p for p in r["curve"] if "loss" in p and math.isfinite(p["loss"])]
+        best = min(good, key=lambda p: p["loss"]) if good else end
+        name = "SOFO" if r["optim"] == "sofo" else f"Adam lr {r['lr']:g}" + (f" clip {r['clip_norm']:g}" if r["clip_norm"] else "")
+        lines.append(f"| {name}, seed {r['seed']} | {r['status']} | {end['iteration']} | {end['train_time_s']:.0f} | "
+                     f"{end.get('loss', float('nan')):.4f} | {100 * end.get('within_1cm', float('nan')):.0f} % | "
+                     f"{100 * end.get('moved_early', float('nan')):.0f} % | {end.get('hold_error_cm', float('nan')):.2f} | "
+                     f"{best.get('loss', float('nan')):.4f} ({best['iteration']}) | {r['solved_iteration'] or '–'} |")
+    table = "\n".join(lines)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"benchmark": "motor tasks: SOFO vs Adam (collected from run directories)",
+                               "machine": machine(), "table_markdown": table,
+                               "runs": [{k: v for k, v in r.items() if k != "run_dir"} for r in runs]},
+                              indent=1, default=str) + "\n")
+    figure(runs, sorted({r["task"] for r in runs}), out.with_suffix(".png"))
+    print(table)
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+    return 0
+
+
 def at_iteration(record, iteration) -> dict:
     eligible = [p for p in record["curve"] if p["iteration"] <= iteration] or record["curve"][:1]
     return eligible[-1] if eligible else {}
@@ -230,10 +280,15 @@ def main(argv=None) -> int:
                         help="LR[,clip]: run everything at once (--jobs processes): Adam's budget comes from a paired "
                              "probe of both step times, and seeds 1.. of Adam run at this a-priori setting "
                              "(e.g. 1e-2,1.0) while the sweep runs on seed 0")
+    parser.add_argument("--collect", default="",
+                        help="only read the run directories under this folder (a benchmark still running or "
+                             "stopped) and write the JSON, table and figure of what they hold so far")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once (processes); SOFO's seeds run together, then Adam's runs: every "
                              "step time, and so the equal-wall-clock budget, is measured under the same load")
     args = parser.parse_args(argv)
+    if args.collect:
+        return collect(Path(args.collect), Path(args.out))
     extra = (QUICK if args.quick else []) + args.extra.split()
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     tasks = ["reach"] if args.quick else args.tasks.split(",")
