@@ -47,7 +47,7 @@ from sofo_lab.errors import ConfigError
 from sofo_lab.optim import _forward
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.system import initial_state, rollout
+from sofo_lab.system import initial_state
 from sofo_lab.tree import tree_norm
 
 
@@ -118,7 +118,7 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
         tangents = _forward.sample_tangents(key, params, n_tangents, orthonormalize)
         sketch = _forward.forward_sketch(system, params, tangents, batch, carry, stepper=stepper,
                                          sharding=sharding)
-        lam = state.damping
+        lam = state.damping if adaptive_damping else damping   # fixed: the exact float64 λ
         z, s = damped_solve(sketch.ggn, sketch.c, lam)
         direction = _forward.combine(tangents, z)
         updates, inner = transform.update(direction, state.inner, params)
@@ -143,7 +143,7 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
             metrics["rolled_back"] = (~finite).astype(jnp.float32)
             updates = jax.tree.map(jnp.subtract, new_params, params)
         metrics["update_norm"] = tree_norm(updates)
-        return new_params, SofoState(inner, lam.astype(jnp.float32), previous), sketch.final_state, metrics
+        return new_params, SofoState(inner, jnp.asarray(lam, jnp.float32), previous), sketch.final_state, metrics
 
     return Optimizer(init_fn, update_fn)
 
@@ -155,9 +155,16 @@ def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates
     A rejected step also restarts the optax state (``fresh_inner``): a momentum buffer that pushed
     the loss up would otherwise push it up again at every later step."""
     B = batch.batch_size
-    _, _, losses = rollout(system, new_params, initial_state(system, new_params, carry, B), batch)
+
+    def body(c, xs):   # the loss summed in the carry: nothing of length T is kept (memory flat in T)
+        state, total = c
+        x, target, w = xs
+        state, y = system.step(new_params, state, x)
+        return (state, total + system.loss.value(y, target, w).astype(total.dtype)), None
+
+    (_, new_loss), _ = batch.scan(body, (initial_state(system, new_params, carry, B), jnp.zeros((), batch.dtype)))
     with _forward._x64():
-        new_loss = jnp.sum(losses.astype(jnp.float64))
+        new_loss = new_loss.astype(jnp.float64)
         dd = _tree_vdot(direction, direction)
         a = -_tree_vdot(updates, direction) / jnp.where(dd > 0, dd, 1.0)      # Δ = −a V z
         predicted = a * jnp.dot(sketch.c, z) - 0.5 * a**2 * jnp.dot(z, sketch.ggn @ z)
