@@ -24,7 +24,6 @@ import json
 import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 
 import jax
@@ -92,17 +91,7 @@ def save_params_npz(path: Path, params) -> Path:
     path = Path(path)
     buffer = io.BytesIO()
     np.savez(buffer, **param_names(jax.device_get(params)))
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, 0o644)
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, buffer.getvalue(), mode=0o644)   # group/world-readable: analysis from other accounts
     return path
 
 

@@ -117,7 +117,7 @@ def load_run(path: Path) -> Run:
     summary = None
     try:
         summary = json.loads((path / "summary.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError):   # a run still going (or killed) has no summary yet: read its metrics only
         pass
     history = []
     for line in (path / "metrics.jsonl").read_text().splitlines():

@@ -48,7 +48,7 @@ def _meminfo_available() -> int | None:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError):   # no /proc (macOS) or an odd format: try the next source
         pass
     return None
 

@@ -61,12 +61,14 @@ def holds(run_dir: str | Path) -> bool:
     return str(Path(run_dir).resolve()) in _held
 
 
-def write_atomic(path: str | Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` via a fsynced temporary file and ``os.replace``."""
+def write_atomic(path: str | Path, data: bytes | str, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` via a fsynced temporary file and ``os.replace`` (``mode``: its permissions)."""
     path = Path(path)
     blob = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
+        if mode is not None:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()

@@ -196,7 +196,7 @@ def test_full_disk_before_and_during_a_run(tmp_path, tiny_disk):
             while True:
                 f.write(b"\0" * 65536)
                 f.flush()
-        except OSError:
+        except OSError:   # ENOSPC: the disk is full now, which is what the test wants
             pass
     out = subprocess.CompletedProcess(proc.args, proc.wait(timeout=180), *proc.communicate())
     line = one_line_error(out, code=1)
