@@ -1,8 +1,8 @@
 """What sofo-run prints: its own lines through ``logging`` (so the job log holds them too), warnings
 as one line each.
 
-Under Hydra, ``conf/hydra/job_logging/sofo.yaml`` sends the ``sofo_lab`` log lines to stdout as
-plain text and to ``<run dir>/sofo.log`` with a timestamp. Called as a library (no logging
+Under Hydra, ``conf/hydra/job_logging/sofo.yaml`` sends the ``sofo_lab`` log lines to stdout and
+warnings to stderr as plain text, and both to ``<run dir>/sofo.log`` with a timestamp. Called as a library (no logging
 configured), ``emit`` prints the same lines.
 """
 from __future__ import annotations
@@ -12,6 +12,13 @@ import sys
 import warnings
 
 log = logging.getLogger("sofo_lab")
+
+
+class BelowWarning(logging.Filter):
+    """Passes records below WARNING: the stdout handler's filter (warnings go to stderr)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.WARNING
 
 
 def one_line_warning(message, category, filename, lineno, line=None) -> str:

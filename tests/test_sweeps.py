@@ -122,7 +122,6 @@ def _kill_wandb_service(proc) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="KNOWN DEFECT (closing note): with the quiet wandb settings the online->offline fallback warning no longer reaches stderr; open")
 def test_stop_signal_wandb_failures_and_resume_match_uninterrupted(tmp_path):
     """Three runs of the same config:
 
