@@ -1,6 +1,7 @@
 """``sofo-compare``: compare runs and sweeps in one command, from the files the runs wrote.
 
     sofo-compare outputs/multirun/2026-12-01_10-00-00_000000 [more sweep or run dirs ...] [--out DIR]
+                 [--metrics eval/moved_early,hold_error_cm]
 
 A run is any directory below the given ones holding ``metrics.jsonl`` (and usually
 ``summary.json`` and ``.hydra/``); it works on old runs, SLURM sweeps (submitit's ``.submitit/``
@@ -14,23 +15,27 @@ that differ.
 Writes, into the first directory (or ``--out``):
 
 - ``compare.png`` (``compare_<task>.png`` when several tasks): the loss (held-out when the task has
-  an evaluation, else the online training loss) and the task's headline metric, against iteration
-  and against training seconds (``time_s``: compilation, evaluation and checkpoints excluded),
-  one line per configuration: the mean over seeds, the band min-max over seeds (``--spread sd``:
-  ±1 s.d.). Dotted: the task's reference levels, found among the logged metrics
-  (``sofo_lab.reporting.reference_levels``: kalman's oracle and copy MSE, the streams' optimal
-  entropy rates, influence's θ*) or given by the task class (``references``).
-- ``compare.md`` and ``compare.csv``: per configuration, the final metrics mean ± s.d. over seeds,
-  the number of runs and seeds, time per iteration (median step), training seconds, compilation
-  and step memory.
+  an evaluation, else the online training loss), the task's headline metric and the ``--metrics``
+  (a row each), against iteration and against training seconds (``time_s``: compilation,
+  evaluation and checkpoints excluded), one line per configuration: the mean over seeds, the band
+  min-max over seeds (``--spread sd``: ±1 s.d.). Dotted: the task's reference levels, found among
+  the logged metrics (``sofo_lab.reporting.reference_levels``: kalman's oracle and copy MSE, the
+  streams' optimal entropy rates, influence's θ*) or given by the task class (``references``,
+  e.g. the motor tasks' solved thresholds).
+- ``compare.md`` and ``compare.csv`` (sofo_lab/compare_table.py): per configuration, the final
+  metrics mean ± s.d. over seeds (the Markdown: the figure's metrics; the CSV: every metric), the
+  number of runs and seeds, time per iteration (median step), training seconds, compilation and
+  step memory. When the runs log ``eval/solved`` (1 where the task's criterion is met), also
+  "solved (seeds)", how many runs end solved, and "first solved at", each run's first evaluated
+  iteration with ``eval/solved`` = 1 and its training seconds ("–": never).
 
 The headline metric is the task class's ``headline_metric`` when it names one, else the first
-evaluated metric that has reference levels, else the first evaluated metric.
+evaluated metric that has reference levels, else the first evaluated metric. A ``--metrics`` name
+without a prefix means ``eval/<name>`` when logged, else ``train/<name>``.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import statistics
@@ -39,15 +44,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sofo_lab import per_optim
+from sofo_lab.compare_table import is_number
+from sofo_lab.compare_table import logs_solved, markdown, table_rows, write_csv
 from sofo_lab.reporting import reference_levels
 
 GROUP_CHOICES = ("task", "model", "optim", "experiment")
 # Keys that change how a run is logged or stored, not what it computes.
 PLUMBING = ("seed", "progress", "plots", "resume", "log_every", "eval_every", "checkpoint_every",
             "logger", "hydra", "local", "cluster", "eval_batch_size")
-PROFILE = (("step_time_median_s", "time/iteration (ms)", 1e3), ("train_time_s", "training (s)", 1.0),
-           ("compile_s", "compile (s)", 1.0), ("step_memory_bytes", "step memory (MiB)", 2.0**-20),
-           ("n_params", "params", 1.0))
 
 
 @dataclass
@@ -186,10 +190,6 @@ def common_settings(runs: list[Run]) -> str:
 
 
 # --- metrics -------------------------------------------------------------------------------------
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
 def task_class(run: Run):
     """The run's task class when it can be imported (for ``headline_metric``/``references``), else None."""
     try:
@@ -223,8 +223,8 @@ def headline_key(runs: list[Run], loss: str) -> str | None:
     candidates = []
     for k in logged:
         rest = k[len(prefix):]
-        values = [r[k] for r in history if _finite(r.get(k))]
-        pairs = [(r[loss], r[k]) for r in history if _finite(r.get(k)) and _finite(r.get(loss))]
+        values = [r[k] for r in history if is_number(r.get(k))]
+        pairs = [(r[loss], r[k]) for r in history if is_number(r.get(k)) and is_number(r.get(loss))]
         if (not k.startswith(prefix) or "/" in rest or k == loss or len(set(values)) < 2   # references are constant
                 or (pairs and all(abs(a - b) <= 1e-5 * max(1.0, abs(a)) for a, b in pairs))):   # the loss renamed
             continue
@@ -246,41 +246,12 @@ def references(runs: list[Run], metric: str) -> dict[str, float]:
     return {label: statistics.fmean(v) for label, v in levels.items()}
 
 
-def final_metrics(run: Run) -> dict:
-    """``final`` of summary.json, or the last logged value of each metric for a run that has none."""
-    final = dict((run.summary or {}).get("final") or {})
-    if not final:
-        for r in run.history:
-            final.update({k: v for k, v in r.items() if "/" in k})
-    return {k: v for k, v in final.items() if _finite(v)}
-
-
-def profile_of(run: Run) -> dict:
-    prof = dict((run.summary or {}).get("profile") or {})
-    if "train_time_s" not in prof and run.history:   # older runs: the last time_s
-        prof["train_time_s"] = run.history[-1].get("time_s")
-    return prof
-
-
-def _stats(values):
-    v = [x for x in values if _finite(x)]
-    if not v:
-        return None, None, 0
-    return statistics.fmean(v), (statistics.stdev(v) if len(v) > 1 else 0.0), len(v)
-
-
-def _fmt(mean, sd, n) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.4g} ± {sd:.2g}" if n > 1 else f"{mean:.4g}"
-
-
 def curve(runs: list[Run], metric: str, spread: str = "minmax"):
     """Per iteration over the runs that logged ``metric`` there: iteration, mean time_s, mean, low, high."""
     at: dict[int, list] = {}
     for run in runs:
         for r in run.history:
-            if _finite(r.get(metric)) and "iteration" in r:
+            if is_number(r.get(metric)) and "iteration" in r:
                 at.setdefault(int(r["iteration"]), []).append((r.get("time_s", math.nan), r[metric]))
     rows = []
     for it in sorted(at):
@@ -291,79 +262,38 @@ def curve(runs: list[Run], metric: str, spread: str = "minmax"):
             low, high = mean - sd, mean + sd
         else:
             low, high = min(values), max(values)
-        rows.append((it, statistics.fmean(t for t in times if _finite(t)) if any(map(_finite, times)) else math.nan,
+        rows.append((it, statistics.fmean(t for t in times if is_number(t)) if any(map(is_number, times)) else math.nan,
                      mean, low, high))
     return rows
 
 
-# --- tables -------------------------------------------------------------------------------------
-def table_rows(groups: list[Group], loss: str, headline: str | None) -> list[dict]:
-    rows = []
-    for g in groups:
-        finals = [final_metrics(r) for r in g.runs]
-        profiles = [profile_of(r) for r in g.runs]
-        statuses: dict[str, int] = {}
-        for r in g.runs:
-            statuses[r.status] = statuses.get(r.status, 0) + 1
-        row = {"configuration": g.label, **g.keys, "n_runs": len(g.runs), "n_completed": statuses.get("completed", 0),
-               "status": " ".join(f"{n} {s}" for s, n in sorted(statuses.items())),
-               "seeds": " ".join(str(r.seed) for r in g.runs)}
-        metrics = list(dict.fromkeys(k for f in finals for k in f if "/" in k))
-        for k in metrics:
-            mean, sd, n = _stats([f.get(k) for f in finals])
-            row[f"{k}_mean"], row[f"{k}_sd"], row[f"{k}_n"] = mean, sd, n
-        for key, _, _ in PROFILE:
-            mean, sd, _ = _stats([p.get(key) for p in profiles])
-            row[f"{key}_mean"], row[f"{key}_sd"] = mean, sd
-        rows.append(row)
-    return rows
+def metric_key(runs: list[Run], name: str) -> str | None:
+    """The logged key a ``--metrics`` name means: ``eval/<name>`` when logged, else ``train/<name>``,
+    else the name itself (a name with a ``/`` is taken as it is); None when no run logged it."""
+    logged = {k for run in runs for r in run.history for k in r}
+    return next((k for k in ([name] if "/" in name else [f"eval/{name}", f"train/{name}", name]) if k in logged),
+                None)
 
 
-def markdown(rows: list[dict], loss: str, headline: str | None, refs: dict, title: str) -> str:
-    metrics = [loss] + ([headline] if headline else [])
-    head = ["configuration", "runs (seeds)"] + [f"final {m}" for m in metrics] + [label for _, label, _ in PROFILE]
-    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [row["configuration"].replace("|", "\\|"),
-                 f"{row['n_completed']}/{row['n_runs']} ({row['seeds']})"]
-        cells += [_fmt(row.get(f"{m}_mean"), row.get(f"{m}_sd"), row.get(f"{m}_n", 0)) for m in metrics]
-        for key, _, scale in PROFILE:
-            mean, sd = row.get(f"{key}_mean"), row.get(f"{key}_sd")
-            cells.append("–" if mean is None else _fmt(mean * scale, (sd or 0.0) * scale, row["n_runs"])
-                         if key == "step_time_median_s" else f"{mean * scale:.4g}")
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± s.d. over the seeds of each configuration (completed runs' final evaluation); "
-              "time/iteration is the median step, training seconds exclude compilation, evaluation and "
-              "checkpoints."]
-    for metric, levels in refs.items():
-        if levels:
-            lines.append(f"Reference levels of {metric}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4g}"
-                                                                     for k, v in levels.items()) + ".")
-    not_done = [r for r in rows if r["n_completed"] < r["n_runs"]]
-    for r in not_done:
-        lines.append(f"{r['configuration']}: {r['status']}.")
-    return "\n".join(lines) + "\n"
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
+def _logged_names(runs: list[Run]) -> str:
+    return ", ".join(sorted({k for run in runs for r in run.history for k in r if "/" in k}))
 
 
 # --- the command ----------------------------------------------------------------------------------
 def compare(paths, out: str | Path | None = None, spread: str = "minmax", title: str | None = None,
-            stem: str = "compare") -> dict:
+            stem: str = "compare", metrics=()) -> dict:
     """Read every run below ``paths``; write ``<stem>.png`` (``<stem>_<task>.png`` for several tasks),
-    ``<stem>.md`` and ``<stem>.csv`` into ``out`` (default: the first path); return what was written."""
+    ``<stem>.md`` and ``<stem>.csv`` into ``out`` (default: the first path); return what was written.
+    ``metrics``: more metrics to plot and tabulate after the loss and the headline (see ``metric_key``)."""
     from sofo_lab.compare_plot import figure
 
     dirs = find_runs(paths)
     if not dirs:
         raise SystemExit(f"error: no runs (directories with metrics.jsonl) under {' '.join(map(str, paths))}")
     runs = [load_run(d) for d in dirs]
+    unknown = [m for m in metrics if metric_key(runs, m) is None]
+    if unknown:   # a typo would otherwise only drop a row from the figure
+        raise SystemExit(f"error: --metrics {','.join(unknown)}: logged by no run; logged: {_logged_names(runs)}")
     out = Path(out) if out else Path(paths[0])
     out.mkdir(parents=True, exist_ok=True)
     by_task: dict[str, list[Run]] = {}
@@ -374,14 +304,16 @@ def compare(paths, out: str | Path | None = None, spread: str = "minmax", title:
         groups = group_runs(task_runs)
         loss = loss_key(task_runs)
         headline = headline_key(task_runs, loss)
-        refs = {m: references(task_runs, m) for m in [loss] + ([headline] if headline else [])}
+        shown = list(dict.fromkeys([loss, *([headline] if headline else []),
+                                    *filter(None, (metric_key(task_runs, m) for m in metrics))]))
+        refs = {m: references(task_runs, m) for m in shown}
         name = f"{stem}.png" if len(by_task) == 1 else f"{stem}_{task}.png"
         label = title or (f"{task}: {len(groups)} configuration{'s' if len(groups) != 1 else ''}, "
                           f"{len(task_runs)} run{'s' if len(task_runs) != 1 else ''}")
-        figure(out / name, groups, loss, headline, refs, spread, label, common_settings(task_runs))
+        figure(out / name, groups, shown, refs, spread, label, common_settings(task_runs))
         written["figures"].append(str(out / name))
-        task_rows = table_rows(groups, loss, headline)
-        md.append(markdown(task_rows, loss, headline, refs, label))
+        task_rows = table_rows(groups, solved=logs_solved(task_runs))
+        md.append(markdown(task_rows, shown, refs, label))
         rows += [{"task": task, **r} for r in task_rows]
     (out / f"{stem}.md").write_text("\n".join(md))
     write_csv(out / f"{stem}.csv", rows)
@@ -406,14 +338,19 @@ def main(argv=None) -> None:
         "Compare runs and sweeps from the files they wrote: groups the runs by what differs between them "
         "(seeds pooled) and writes compare.png (loss and headline metric against iteration and training "
         "seconds, mean and spread over seeds, the task's reference levels), compare.md and compare.csv "
-        "(final metrics mean ± s.d., time per iteration, step memory) into the first directory (or --out)."))
+        "(final metrics mean ± s.d., time per iteration, step memory; when the task logs eval/solved, how many "
+        "runs end solved and when each was first solved) into the first directory (or --out)."))
     ap.add_argument("dirs", nargs="+", help="sweep directories (outputs/multirun/<time>) or run directories")
     ap.add_argument("--out", default=None, help="where to write the figure and tables (default: the first dir)")
     ap.add_argument("--spread", choices=("minmax", "sd"), default="minmax",
                     help="band around the mean over seeds: min-max (default) or ±1 s.d.")
     ap.add_argument("--title", default=None, help="figure and table title")
+    ap.add_argument("--metrics", default="", metavar="M1,M2",
+                    help="more metrics to plot (a row each) and tabulate, e.g. eval/moved_early,hold_error_cm; "
+                         "a name without a prefix means eval/<name> when logged (else train/<name>)")
     args = ap.parse_args(argv)
-    written = compare(args.dirs, args.out, args.spread, args.title)
+    written = compare(args.dirs, args.out, args.spread, args.title,
+                      metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
     print(Path(written["markdown"]).read_text(), end="")
     print(f"Wrote {', '.join(written['figures'])}, {written['markdown']}, {written['csv']} "
           f"({written['runs']} run{'s' if written['runs'] != 1 else ''})")

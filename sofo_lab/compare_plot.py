@@ -1,4 +1,5 @@
-"""The figure of ``sofo-compare`` (sofo_lab/compare.py): metrics against iteration and training seconds."""
+"""The figure of ``sofo-compare`` (sofo_lab/compare.py): metrics against iteration and training seconds,
+a row per metric (the loss first, on a log scale when it is positive)."""
 from __future__ import annotations
 
 import math
@@ -13,8 +14,7 @@ def _pretty(metric: str, loss: str) -> str:
     return metric.split("/", 1)[-1].replace("_", " ") + (" (held-out)" if metric.startswith("eval/") else "")
 
 
-def figure(path: Path, groups, loss: str, headline: str | None, refs: dict, spread: str, title: str,
-           common: str) -> str:
+def figure(path: Path, groups, metrics: list[str], refs: dict, spread: str, title: str, common: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +23,7 @@ def figure(path: Path, groups, loss: str, headline: str | None, refs: dict, spre
 
     from sofo_lab.compare import curve
 
-    metrics = [loss] + ([headline] if headline else [])
+    loss = metrics[0]
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.8 * len(metrics)), squeeze=False)
     old_time = any("train_time_s" not in ((r.summary or {}).get("profile") or {}) for g in groups for r in g.runs)
     for row, metric in enumerate(metrics):

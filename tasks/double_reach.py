@@ -37,6 +37,11 @@ class DoubleReach(MotorTask):
     n_moves: ClassVar[int] = 2
     solve_within: ClassVar[float] = 0.6
     solve_hold_cm: ClassVar[float | None] = None
+    # what sofo-compare draws first, with the solved criterion's thresholds (each movement) as levels
+    headline_metric: ClassVar[str] = "eval/within_1cm"
+    references: ClassVar[dict] = {"eval/within_1cm1": {"solved": solve_within},
+                                  "eval/within_1cm2": {"solved": solve_within},
+                                  "eval/moved_early": {"solved": MotorTask.solve_moved_early}}
 
     def __init__(self, n_steps=200, dt=0.01, tau=0.02, private_noise=0.28, idle=(0.0, 0.0), delay=(0.2, 0.6),
                  gap=0.7, free=0.5, **kwargs):

@@ -30,6 +30,11 @@ class Reach(MotorTask):
     name: ClassVar[str] = "reach"
     input_names: ClassVar[tuple[str, ...]] = ("hold", "target_dx", "target_dy")
     n_moves: ClassVar[int] = 1
+    # what sofo-compare draws first, with the solved criterion's thresholds (MotorTask.evaluate) as levels
+    headline_metric: ClassVar[str] = "eval/within_1cm"
+    references: ClassVar[dict] = {"eval/within_1cm": {"solved": MotorTask.solve_within},
+                                  "eval/moved_early": {"solved": MotorTask.solve_moved_early},
+                                  "eval/hold_error_cm": {"solved": MotorTask.solve_hold_cm}}
 
     def __init__(self, n_steps=180, dt=0.01, tau=0.02, private_noise=0.28, idle=(0.1, 0.3), delay=(0.2, 0.6),
                  free=0.5, **kwargs):

@@ -21,29 +21,35 @@ from sofo_lab.help import key_comments, render
 from sofo_lab.reporting import reference_levels
 
 
+TASK_CLASSES = {"kalman": "sofo_lab.tasks.kalman.Kalman", "reach": "sofo_lab.tasks.reach.Reach"}
+
+
 def _run_dir(root: Path, name: str, optim: str, seed: int, losses, extra_overrides=(), times=None,
-             status="completed", hydra=True, profile=None):
-    """A run directory as the runner writes it: metrics.jsonl, summary.json, .hydra/."""
+             status="completed", hydra=True, profile=None, task="kalman", logged=None):
+    """A run directory as the runner writes it: metrics.jsonl, summary.json, .hydra/.
+    ``logged``: more evaluated metrics, a list of values (one per evaluation) each."""
     d = root / name
     d.mkdir(parents=True)
     times = times or [0.1 * i for i in range(len(losses))]
-    hist = [{"iteration": 10 * i, "time_s": t, "eval/loss": v, "eval/mse": v, "eval/oracle_mse": 0.5,
-             "eval/copy_mse": 3.0} for i, (v, t) in enumerate(zip(losses, times))]
+    kalman = {"eval/oracle_mse": 0.5, "eval/copy_mse": 3.0} if task == "kalman" else {}
+    hist = [{"iteration": 10 * i, "time_s": t, "eval/loss": v, "eval/mse": v, **kalman,
+             **{k: values[i] for k, values in (logged or {}).items()}}
+            for i, (v, t) in enumerate(zip(losses, times))]
     (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hist))
-    summary = {"status": status, "final": {"eval/loss": losses[-1], "eval/mse": losses[-1], "loss": losses[-1]},
+    final = {k: v for k, v in hist[-1].items() if "/" in k and k not in kalman}
+    summary = {"status": status, "final": {**final, "loss": losses[-1]},
                "profile": profile or {"step_time_median_s": 0.002, "train_time_s": times[-1], "compile_s": 1.0,
                                       "step_memory_bytes": 2**20, "n_params": 89},
-               "choices": {"task": "kalman", "model": "rnn", "optim": optim, "logger": "none"}}
+               "choices": {"task": task, "model": "rnn", "optim": optim, "logger": "none"}}
     (d / "summary.json").write_text(json.dumps(summary))
     if hydra:
         (d / ".hydra").mkdir()
-        overrides = ["task=kalman", f"optim={optim}", f"seed={seed}", "iterations=20", *extra_overrides]
+        overrides = [f"task={task}", f"optim={optim}", f"seed={seed}", "iterations=20", *extra_overrides]
         (d / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
         (d / ".hydra" / "hydra.yaml").write_text(OmegaConf.to_yaml(
-            {"hydra": {"runtime": {"choices": {"task": "kalman", "model": "rnn", "optim": optim,
+            {"hydra": {"runtime": {"choices": {"task": task, "model": "rnn", "optim": optim,
                                                "hydra/launcher": "basic"}}}}))
-        cfg = {"seed": seed, "iterations": 20, "task": {"_target_": "sofo_lab.tasks.kalman.Kalman"},
-               "optim": {"lr": 0.1}}
+        cfg = {"seed": seed, "iterations": 20, "task": {"_target_": TASK_CLASSES[task]}, "optim": {"lr": 0.1}}
         (d / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     return d
 
@@ -118,6 +124,65 @@ def test_compare_reads_runs_without_hydra_files_and_separate_run_dirs(tmp_path):
     assert (tmp_path / "out" / "compare.png").is_file()
     with pytest.raises(SystemExit, match="no runs"):
         compare.compare([tmp_path / "out"])
+
+
+def _reach_runs(root: Path) -> Path:
+    """Two SOFO seeds and one Adam run of the reach: SOFO seed 0 solved from iteration 20 on, seed 1
+    solved at iteration 10 only, Adam never."""
+    def logged(within, early, solved):
+        return {"eval/within_1cm": within, "eval/moved_early": early, "eval/hold_error_cm": [2.0, 1.0, 0.5],
+                "eval/solved": solved}
+
+    _run_dir(root, "0", "sofo", 0, [1.0, 0.5, 0.2], task="reach", times=[0.0, 0.2, 0.4],
+             logged=logged([0.1, 0.6, 0.9], [0.5, 0.2, 0.0], [0.0, 0.0, 1.0]))
+    _run_dir(root, "1", "sofo", 1, [1.0, 0.4, 0.3], task="reach", times=[0.0, 0.3, 0.5],
+             logged=logged([0.1, 0.85, 0.7], [0.5, 0.05, 0.0], [0.0, 1.0, 0.0]))
+    _run_dir(root, "2", "adam", 0, [1.0, 0.8, 0.6], task="reach",
+             logged=logged([0.0, 0.2, 0.4], [0.3, 0.2, 0.2], [0.0, 0.0, 0.0]))
+    return root
+
+
+def test_compare_draws_and_tabulates_more_metrics_with_the_tasks_solved_levels(tmp_path):
+    import matplotlib.image
+
+    sweep = _reach_runs(tmp_path / "sweep")
+    written = compare.compare([sweep], metrics=["moved_early", "eval/hold_error_cm"], stem="motor")
+    # a row per metric: loss, the task's headline (eval/within_1cm), the two asked for (3.8 in at 120 dpi)
+    assert matplotlib.image.imread(written["figures"][0]).shape[0] == round(4 * 3.8 * 120)
+    md = (sweep / "motor.md").read_text()
+    assert ("| configuration | runs (seeds) | final eval/loss | final eval/within_1cm | final eval/moved_early "
+            "| final eval/hold_error_cm | solved (seeds) | first solved at: iteration (training s) |") in md
+    # the reach's solved thresholds (tasks/reach.py references), not typed in here
+    for line in ("Reference levels of eval/within_1cm: solved 0.8.", "Reference levels of eval/moved_early: solved 0.1.",
+                 "Reference levels of eval/hold_error_cm: solved 1."):
+        assert line in md, line
+    rows = {r["configuration"]: r for r in written["rows"]}
+    sofo, adam = rows["optim=sofo"], rows["optim=adam"]
+    assert sofo["eval/within_1cm_mean"] == pytest.approx(0.8) and sofo["eval/moved_early_n"] == 2
+    # seed 0 ends solved; seed 1 was solved at iteration 10 (0.3 s) but no longer is at the end
+    assert (sofo["solved_runs"], sofo["first_solved_iteration"], sofo["first_solved_time_s"]) == (1, "20 10", "0.4 0.3")
+    assert "| 1/2 | 20 (0.4 s), 10 (0.3 s) |" in md
+    assert (adam["solved_runs"], adam["first_solved_iteration"]) == (0, "–") and "| 0/1 | – |" in md
+    with open(sweep / "motor.csv") as f:
+        table = {r["configuration"]: r for r in csv.DictReader(f)}
+    assert table["optim=sofo"]["solved_runs"] == "1" and float(table["optim=adam"]["eval/hold_error_cm_mean"]) == 0.5
+    with pytest.raises(SystemExit, match="--metrics within_1cn: logged by no run; logged: .*eval/within_1cm"):
+        compare.compare([sweep], metrics=["within_1cn"])
+
+
+def test_compare_command_takes_metrics_and_tables_without_solved_stay_as_they_were(tmp_path, capsys):
+    sweep = _reach_runs(tmp_path / "reach")
+    compare.main([str(sweep), "--metrics", "hold_error_cm"])
+    out = capsys.readouterr().out
+    assert "| final eval/loss | final eval/within_1cm | final eval/hold_error_cm | solved (seeds) |" in out
+    kalman = tmp_path / "kalman"
+    _run_dir(kalman, "0", "sofo", 0, [2.0, 1.0])
+    compare.main([str(kalman)])
+    assert "solved" not in capsys.readouterr().out          # the task logs no eval/solved: no such columns
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["--help"])
+    page = " ".join(capsys.readouterr().out.split())     # argparse wraps to the terminal's width
+    assert exit_.value.code == 0 and "--metrics M1,M2" in page and "eval/<name> when logged" in page
 
 
 def test_after_sweep_never_raises(tmp_path, capsys):
