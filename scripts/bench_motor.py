@@ -12,84 +12,91 @@ Per task:
    clipping. Best = the most reaches within 1 cm at the end (ties: lower held-out loss).
 3. The best Adam setting on every other seed, for the same training time.
 
-Every run goes through the runner (``sofo_lab.runner.train``) with held-out evaluations every
-``iterations/20`` SOFO iterations (Adam: the same number of evaluations over its run). Scored:
-at SOFO's iteration count (equal iterations) and at the end (equal wall-clock); the first
-iteration and training second at which each run meets the task's solved criterion
-(``eval/solved``, docs/motor.md). Writes the JSON (machine, runs with their curves, table) to
-``--out`` and a figure next to it: within 1 cm, moved early and hold error against iterations
-and against training seconds.
+Every run goes through the command line (``python -m sofo_lab.cli ... hydra.run.dir=<dir>``,
+directories under ``outputs/bench/<out>_runs/``) with held-out evaluations every ``iterations/20``
+SOFO iterations (Adam: the same number of evaluations over its run), and its record is read back
+from its directory. Scored: at SOFO's iteration count (equal iterations) and at the end (equal
+wall-clock); the first iteration and training second at which each run meets the task's solved
+criterion (``eval/solved``, docs/motor.md). Writes the JSON (machine, runs with their curves, the
+equal-iterations/equal-wall-clock table) to ``--out``; the figure and the per-configuration table
+are ``sofo_lab.compare``'s (what ``sofo-compare --metrics within_1cm,moved_early,hold_error_cm``
+draws from the run directories): ``<out>.png`` (``<out>_<task>.png`` for several tasks), ``.md``,
+``.csv``.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import compose, machine, pyplot  # noqa: E402
+from bench_common import compose, machine, run_cli  # noqa: E402
 
 METRICS = ("loss", "within_1cm", "moved_early", "hold_error_cm", "endpoint_error_cm", "solved",
            "within_1cm1", "within_1cm2")
 QUICK = ["task.n_steps=40", "task.dt=0.04", "task.tau=0.08", "model.n_hidden=16", "batch_size=8"]
+FIGURE_METRICS = ["within_1cm", "moved_early", "hold_error_cm"]
+
+
+def record(run_dir: Path) -> dict:
+    """A run's record, read from its directory, finished or not (status ``running`` before summary.json)."""
+    from sofo_lab.compare import load_run
+    from sofo_lab.compare_table import first_solved, profile_of
+
+    run = load_run(run_dir)
+    profile, solved = profile_of(run), first_solved(run)
+    curve = [{"iteration": r["iteration"], "train_time_s": r["time_s"],
+              **{k: r[f"eval/{k}"] for k in METRICS if r.get(f"eval/{k}") is not None}}
+             for r in run.history if "eval/loss" in r]
+    return {"task": run.task, "optim": run.choices.get("optim"), "seed": run.config.get("seed"),
+            "iterations": run.config.get("iterations"), "lr": run.config.get("optim.lr"),
+            "clip_norm": run.config.get("optim.clip_norm"), "status": (run.summary or {}).get("status", "running"),
+            "error": (run.summary or {}).get("error"), "step_time_s": profile.get("step_time_median_s"),
+            "compile_s": profile.get("compile_s"), "reached_iteration": curve[-1]["iteration"] if curve else 0,
+            "solved_iteration": solved and solved[0], "solved_time_s": solved and solved[1],
+            "curve": curve, "run_dir": str(run_dir)}
 
 
 def run(task, optim, seed, iterations, n_evals, run_dir, extra) -> dict:
-    from sofo_lab.errors import RunFailed
-    from sofo_lab.runner import train
-
     every = max(1, iterations // n_evals)
     # the run's own iteration count and logging come last: they win over ``extra``
     overrides = [f"task={task}", f"optim={optim}", *extra, f"seed={seed}", f"iterations={iterations}",
                  f"eval_every={every}", f"log_every={every}", f"checkpoint_every={iterations}",
                  "logger=none", "progress=false", "plots=false", "resume=false"]
-    cfg = compose(overrides)
     start = time.perf_counter()
-    with warnings.catch_warnings(), open(os.devnull, "w") as null:
-        warnings.simplefilter("ignore")
-        stdout, sys.stdout = sys.stdout, null
-        try:
-            summary = train(cfg, run_dir)
-        except RunFailed:          # diverged: the runner wrote summary.json; keep the record
-            summary = json.loads((Path(run_dir) / "summary.json").read_text())
-        finally:
-            sys.stdout = stdout
-    wall = time.perf_counter() - start
-    history = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line]
-    step = summary["profile"].get("step_time_median_s") or wall / iterations
-    curve = [{"iteration": r["iteration"], "train_time_s": r["iteration"] * step,
-              **{k: r[f"eval/{k}"] for k in METRICS if f"eval/{k}" in r}} for r in history if "eval/loss" in r]
-    solved = next((p for p in curve if p.get("solved") == 1.0), None)
-    record = {"task": task, "optim": optim, "seed": seed, "iterations": iterations, "overrides": extra,
-              "lr": cfg.optim.lr, "clip_norm": cfg.optim.get("clip_norm"), "status": summary["status"],
-              "step_time_s": step, "compile_s": summary["profile"].get("compile_s"), "wall_s": wall,
-              "solved_iteration": solved and solved["iteration"], "solved_time_s": solved and solved["train_time_s"],
-              "curve": curve, "run_dir": str(run_dir)}
-    end = curve[-1] if curve else {}
-    print(f"  {task:13s} {optim:5s} lr={cfg.optim.lr:<7g} clip={record['clip_norm']!s:5s} seed={seed} "
-          f"it={iterations:6d} {summary['status']:9s} {1e3 * step:7.1f} ms/it  "
-          f"within 1 cm {100 * end.get('within_1cm', float('nan')):5.1f}%  moved early "
-          f"{100 * end.get('moved_early', float('nan')):5.1f}%  hold {end.get('hold_error_cm', float('nan')):.2f} cm  "
-          f"solved at {record['solved_iteration']}", flush=True)
-    return record
+    rec = {**record(run_cli(overrides, run_dir)), "overrides": extra, "wall_s": time.perf_counter() - start}
+    end = rec["curve"][-1] if rec["curve"] else {}
+    print(f"  {task:13s} {optim:5s} lr={rec['lr']:<7g} clip={rec['clip_norm']!s:5s} seed={seed} "
+          f"it={iterations:6d} {rec['status']:9s} {1e3 * (rec['step_time_s'] or math.nan):7.1f} ms/it  "
+          f"within 1 cm {100 * end.get('within_1cm', math.nan):5.1f}%  moved early "
+          f"{100 * end.get('moved_early', math.nan):5.1f}%  hold {end.get('hold_error_cm', math.nan):.2f} cm  "
+          f"solved at {rec['solved_iteration']}", flush=True)
+    return rec
 
 
 def pool_map(jobs: int, specs, task, n_evals) -> list[dict]:
-    """``run`` for each ``(optim, seed, iterations, run_dir, overrides)``, ``jobs`` processes at a time."""
-    if jobs <= 1 or len(specs) <= 1:
-        return [run(task, o, s, n, n_evals, d, x) for o, s, n, d, x in specs]
-    import concurrent.futures
-    import multiprocessing
+    """``run`` for each ``(optim, seed, iterations, run_dir, overrides)``, ``jobs`` at a time (each is
+    its own process)."""
+    def one(spec):
+        optim, seed, iterations, run_dir, extra = spec
+        return run(task, optim, seed, iterations, n_evals, run_dir, extra)
 
-    with concurrent.futures.ProcessPoolExecutor(min(jobs, len(specs)), mp_context=multiprocessing.get_context("spawn")) as ex:
-        return list(ex.map(run, *zip(*[(task, o, s, n, n_evals, d, x) for o, s, n, d, x in specs])))
+    with concurrent.futures.ThreadPoolExecutor(max(1, min(jobs, len(specs)))) as ex:
+        return list(ex.map(one, specs))
+
+
+def compare_runs(records, out: Path) -> dict:
+    """The figure and the per-configuration table of these runs, drawn by ``sofo_lab.compare``."""
+    from sofo_lab.compare import compare
+
+    return compare([r["run_dir"] for r in records], out=out.parent, stem=out.stem, metrics=FIGURE_METRICS)
 
 
 def one_round(args, task, n, seeds, extra, work, rows) -> list[dict]:
@@ -136,65 +143,30 @@ def one_round(args, task, n, seeds, extra, work, rows) -> list[dict]:
     return [*probes, *done]
 
 
-def read_run(run_dir: Path) -> dict:
-    """A record like ``run``'s from one of this benchmark's run directories, finished or not (status
-    ``running`` without summary.json); the settings come from the directory's name."""
-    import re
-
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
-    name = run_dir.name
-    task, optim = name.split("-")[0], "sofo" if "-sofo-" in name else "adam"
-    seed = int(re.search(r"-s(\d+)$", name).group(1)) if re.search(r"-s(\d+)$", name) else 0
-    lr = re.search(r"-lr([0-9.e-]+?)-(no)?clip", name)
-    lr, clip = ((0.3, None) if optim == "sofo" else (1e-2, 1.0) if lr is None
-                else (float(lr.group(1)), None if lr.group(2) else 1.0))
-    curve = [{"iteration": r["iteration"], "train_time_s": r["time_s"],
-              **{k: r[f"eval/{k}"] for k in METRICS if r.get(f"eval/{k}") is not None}}
-             for r in history if "eval/loss" in r]
-    solved = next((p for p in curve if p.get("solved") == 1.0), None)
-    role = "sofo" if optim == "sofo" else ("adam_best" if "default" in name or "lr1e-2-clip" in name else "adam_sweep")
-    return {"task": task, "optim": optim, "seed": seed, "role": role, "lr": lr, "clip_norm": clip,
-            "status": summary.get("status", "running"), "error": summary.get("error"),
-            "reached_iteration": curve[-1]["iteration"] if curve else 0,
-            "solved_iteration": solved and solved["iteration"], "solved_time_s": solved and solved["train_time_s"],
-            "curve": curve, "run_dir": str(run_dir)}
-
-
 def collect(root: Path, out: Path) -> int:
-    runs = [read_run(d) for d in sorted(root.iterdir()) if (d / "metrics.jsonl").exists() and "probe" not in d.name]
-    lines = ["| run | status | reached iteration | training s | held-out loss | within 1 cm | moved early | hold error (cm) "
-             "| best held-out loss (iteration) | first solved |", "|" + "---|" * 10]
-    for r in runs:
-        end = r["curve"][-1]
-        good = [p for p in r["curve"] if "loss" in p and math.isfinite(p["loss"])]
-        best = min(good, key=lambda p: p["loss"]) if good else end
-        name = "SOFO" if r["optim"] == "sofo" else f"Adam lr {r['lr']:g}" + (f" clip {r['clip_norm']:g}" if r["clip_norm"] else "")
-        lines.append(f"| {name}, seed {r['seed']} | {r['status']} | {end['iteration']} | {end['train_time_s']:.0f} | "
-                     f"{end.get('loss', float('nan')):.4f} | {100 * end.get('within_1cm', float('nan')):.0f} % | "
-                     f"{100 * end.get('moved_early', float('nan')):.0f} % | {end.get('hold_error_cm', float('nan')):.2f} | "
-                     f"{best.get('loss', float('nan')):.4f} ({best['iteration']}) | {r['solved_iteration'] or '–'} |")
-    table = "\n".join(lines)
+    """The JSON, table and figure of whatever the run directories under ``root`` hold so far."""
+    runs = [record(d) for d in sorted(root.iterdir()) if (d / "metrics.jsonl").exists() and "probe" not in d.name]
+    written = compare_runs(runs, out)
+    table = Path(written["markdown"]).read_text()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "motor tasks: SOFO vs Adam (collected from run directories)",
                                "machine": machine(), "table_markdown": table,
                                "runs": [{k: v for k, v in r.items() if k != "run_dir"} for r in runs]},
                               indent=1, default=str) + "\n")
-    figure(runs, sorted({r["task"] for r in runs}), out.with_suffix(".png"))
     print(table)
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    print(f"wrote {out} and {', '.join(written['figures'])}")
     return 0
 
 
-def at_iteration(record, iteration) -> dict:
-    eligible = [p for p in record["curve"] if p["iteration"] <= iteration] or record["curve"][:1]
+def at_iteration(rec, iteration) -> dict:
+    eligible = [p for p in rec["curve"] if p["iteration"] <= iteration] or rec["curve"][:1]
     return eligible[-1] if eligible else {}
 
 
-def score(record) -> tuple:
-    end = record["curve"][-1] if record["curve"] else {}
+def score(rec) -> tuple:
+    end = rec["curve"][-1] if rec["curve"] else {}
     within, loss = end.get("within_1cm", -1.0), end.get("loss", math.inf)
-    if not (math.isfinite(within) and math.isfinite(loss)) or record["status"] != "completed":
+    if not (math.isfinite(within) and math.isfinite(loss)) or rec["status"] != "completed":
         return (-1.0, math.inf)
     return (within, loss)
 
@@ -228,42 +200,6 @@ def markdown(rows) -> str:
                      f"{100 * r.get('moved_early', float('nan')):.0f} % | {r.get('hold_error_cm', float('nan')):.2f} | "
                      f"{r.get('loss', float('nan')):.4f} | {r['solved_seeds']}/{r['seeds']} | {first} |")
     return "\n".join(lines)
-
-
-def figure(runs, tasks, path) -> None:
-    plt = pyplot()
-    keys = (("within_1cm", "reaches within 1 cm"), ("moved_early", "moved early (> 1 cm)"),
-            ("hold_error_cm", "hold error (cm)"))
-    fig, axes = plt.subplots(len(tasks) * 2, 3, figsize=(13, 6.4 * len(tasks)), squeeze=False)
-    for t, task in enumerate(tasks):
-        for xi, (xkey, xlabel) in enumerate((("iteration", "iteration"), ("train_time_s", "training seconds"))):
-            for col, (key, label) in enumerate(keys):
-                ax = axes[2 * t + xi, col]
-                for r in runs:
-                    if r["task"] != task or r.get("role") not in ("sofo", "adam_best"):
-                        continue
-                    color = "tab:red" if r["optim"] == "sofo" else "tab:blue"
-                    ax.plot([p[xkey] for p in r["curve"]], [p.get(key, np.nan) for p in r["curve"]], color=color,
-                            lw=1.2, alpha=0.8, label=(("SOFO" if r["optim"] == "sofo" else f"Adam lr {r['lr']:g}"
-                                                       + (" clipped" if r["clip_norm"] else "")) if r["seed"] == 0
-                                                      else None))
-                if key == "within_1cm":
-                    ax.axhline(0.8 if task == "reach" else 0.6, color="k", ls=":", lw=1, label="solved")
-                elif key == "moved_early":
-                    ax.axhline(0.1, color="k", ls=":", lw=1)
-                elif task == "reach":
-                    ax.axhline(1.0, color="k", ls=":", lw=1)
-                ax.set_xlabel(xlabel)
-                ax.set_ylabel(label)
-                ax.set_title(task, fontsize=9)
-                if xkey == "iteration":
-                    ax.set_xscale("log")
-                ax.grid(alpha=0.3)
-                if col == 0:
-                    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -343,7 +279,7 @@ def main(argv=None) -> int:
                 rows.append(summarize(task, "equal wall-clock (seed 0, lr sweep)", [r], [r["curve"][-1]]))
         partial = {"benchmark": "motor tasks: SOFO vs Adam", "machine": info, "table": rows, "runs": runs}
         out.write_text(json.dumps(partial, indent=1, default=str) + "\n")
-    figure(runs, tasks, out.with_suffix(".png"))
+    written = compare_runs([r for r in runs if r.get("role")], out)   # the probes have no role
     table = markdown(rows)
     result = {"benchmark": "motor tasks: SOFO vs Adam", "quick": args.quick, "machine": info,
               "load_avg_end_1m": os.getloadavg()[0], "total_wall_s": time.perf_counter() - started,
@@ -351,7 +287,7 @@ def main(argv=None) -> int:
               "runs": [{k: v for k, v in r.items() if k != "run_dir"} for r in runs]}
     out.write_text(json.dumps(result, indent=1, default=str) + "\n")
     print(table)
-    print(f"wrote {out} and {out.with_suffix('.png')} ({result['total_wall_s']:.0f} s)")
+    print(f"wrote {out} and {', '.join(written['figures'])} ({result['total_wall_s']:.0f} s)")
     return 0
 
 

@@ -250,4 +250,25 @@ def test_benchmark_quick_mode_writes_its_json(tmp_path):
     assert adam_best["iterations"] >= sofo["iterations"]                        # equal wall-clock: at least as many
     assert {"equal iterations", "equal wall-clock"} <= {row["comparison"] for row in data["table"]}
     assert {"cpu", "cores", "jax", "backend"} <= set(data["machine"])
+    # every run went through the command line (its .hydra/ beside its metrics); figure and table are
+    # sofo-compare's, grouped by the overrides, with the motor metrics and the solved columns
+    runs_dir = tmp_path / "outputs" / "bench" / "bench_runs"
+    dirs = [d for d in runs_dir.iterdir() if (d / "metrics.jsonl").is_file()]
+    assert len(dirs) == len(data["runs"]) + 1 and all((d / ".hydra" / "overrides.yaml").is_file() for d in dirs)
     assert (tmp_path / "bench.png").exists()
+    md = (tmp_path / "bench.md").read_text()
+    assert "| final eval/within_1cm | final eval/moved_early | final eval/hold_error_cm | solved (seeds) |" in md
+    assert "| optim=adam iterations=" in md and "optim.clip_norm=1.0 |" in md
+    assert "Reference levels of eval/within_1cm: solved 0.8." in md
+    # --collect reads the same directories back with the same reader
+    partial = tmp_path / "partial.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_motor.py"), "--collect", str(runs_dir),
+                           "--out", str(partial)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    collected = json.loads(partial.read_text())
+
+    def key(r):
+        return json.dumps([r["optim"], r["lr"], r["clip_norm"], r["solved_iteration"], r["curve"]])
+
+    assert sorted(map(key, collected["runs"])) == sorted(map(key, data["runs"]))    # the Adam probe left out
+    assert "solved (seeds)" in collected["table_markdown"] and (tmp_path / "partial.png").exists()
