@@ -40,9 +40,13 @@ def compose(overrides):
         return hydra_compose("config", overrides=list(overrides))
 
 
+# a benchmark's run: no wandb, no progress bar or plots, never resumed from an earlier benchmark's checkpoint
+QUIET = ("logger=none", "progress=false", "plots=false", "resume=false")
+
+
 def run_cli(overrides, run_dir: Path) -> Path:
-    """One run through the real command line (``python -m sofo_lab.cli <overrides>``) into ``run_dir``,
-    its console output kept out of the benchmark's. Hydra writes ``.hydra/`` there, so that
+    """One run through the real command line (``python -m sofo_lab.cli <overrides>``, quiet) into
+    ``run_dir``, its console output kept out of the benchmark's. Hydra writes ``.hydra/`` there, so that
     ``sofo_lab.compare`` tells the runs apart by their overrides. A run that stopped (diverged) is a
     result: its summary.json says so; a run that wrote no summary is an error.
 
@@ -53,7 +57,7 @@ def run_cli(overrides, run_dir: Path) -> Path:
     (run_dir / "summary.json").unlink(missing_ok=True)   # a summary from an earlier benchmark is not this run's
     env = {"JAX_COMPILATION_CACHE_DIR": str(run_dir.parent / ".jax_cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **os.environ}
-    proc = subprocess.run([sys.executable, "-m", "sofo_lab.cli", *overrides, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.run([sys.executable, "-m", "sofo_lab.cli", *overrides, *QUIET, f"hydra.run.dir={run_dir}"],
                           capture_output=True, text=True, env=env)
     if not (run_dir / "summary.json").is_file():
         raise RuntimeError(f"sofo-run {' '.join(overrides)} (exit {proc.returncode}) wrote no summary:\n"

@@ -2,12 +2,16 @@
 
     python scripts/bench_kalman_sofo_vs_adam.py [--quick] [--seeds 0,1,2] [--out outputs/bench/kalman_sofo_vs_adam.json]
 
-Both optimizers train the same rate RNN on the same batches (the runner's jitted train step:
-batch sampled inside from (seed, iteration)), several seeds each. SOFO runs ``--iterations``
-updates; Adam runs the same number, then continues until its training wall-clock equals SOFO's.
-Every ``--eval-every`` updates both are scored on the same held-out batch: MSE next to the oracle
-Kalman filter and to copying the observation. Evaluation time is not counted as training time.
-Writes the JSON (curves, finals, machine) and a PNG with the loss curves (``--out`` with .png).
+Both optimizers train the same rate RNN on the same batches (the runner's train step: batch sampled
+inside from (seed, iteration)), several seeds each, every run through the command line
+(``python -m sofo_lab.cli``, run directories in ``<out>_runs/`` next to the JSON). SOFO runs
+``--iterations`` updates on every seed; its mean training seconds are Adam's budget: Adam runs
+that budget over its step time (from a short probe run), at least ``--iterations`` updates, and is
+scored at SOFO's iteration count (equal iterations) and at its end (equal wall-clock). Every
+``--eval-every`` updates both are scored on the same held-out batch: MSE next to the oracle Kalman
+filter and to copying the observation. Training seconds are the runner's ``time_s`` (evaluation and
+compilation not counted). Writes the JSON (curves, finals, machine); the figure and the table are
+``sofo_lab.compare``'s, drawn from the run directories: ``<out>.png``, ``<out>.md``, ``<out>.csv``.
 """
 from __future__ import annotations
 
@@ -17,98 +21,33 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sofo_speed import machine  # noqa: E402
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-
-from sofo_lab.assemble import build  # noqa: E402
-from sofo_lab.cli import CONF_DIR  # noqa: E402
-from sofo_lab.runner import init_train_state, make_eval, make_train_step  # noqa: E402
+from bench_common import machine, run_cli  # noqa: E402
 
 
-def config(overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+def read_run(run_dir: Path) -> dict:
+    """A run's record from its directory: evaluation points (iteration, training seconds, held-out
+    metrics), the training loss at every update, the updates done, training seconds, median step."""
+    from sofo_lab.compare import load_run
+    from sofo_lab.compare_table import profile_of
+
+    run = load_run(run_dir)
+    profile = profile_of(run)
+    points = [{"iteration": r["iteration"], "train_s": r["time_s"],
+               **{k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("eval/")}}
+              for r in run.history if "eval/loss" in r]
+    return {"points": points, "train_loss": [r["train/loss"] for r in run.history if "train/loss" in r],
+            "iterations": run.summary["iterations"], "train_s": profile["train_time_s"],
+            "step_time_s": profile["step_time_median_s"]}
 
 
-_EVALS = {}
-
-
-def train_curve(overrides, seed, batch_size, iterations, eval_every, time_budget=None, eval_batch=256,
-                eval_key=None):
-    """Train; return evaluation points (iteration, train seconds, eval metrics) and the train losses.
-
-    Runs with the same ``eval_key`` (same task, model and seed) share one compiled evaluation.
-    """
-    cfg = config([*overrides, f"seed={seed}", f"batch_size={batch_size}", "logger=none",
-                  f"iterations={iterations}"])
-    setup = build(cfg)
-    ts = init_train_state(setup, seed, batch_size)
-    step = jax.jit(make_train_step(setup, seed, batch_size))
-    if eval_key is None or eval_key not in _EVALS:
-        _EVALS[eval_key] = make_eval(setup, seed, eval_batch)[0]
-    evaluate = _EVALS[eval_key]
-    ts_next, _ = step(ts)                      # compile (not counted)
-    jax.block_until_ready(ts_next)
-    jax.block_until_ready(evaluate(ts.params))
-    points, losses, clock, i = [], [], 0.0, 0
-
-    def record():
-        m = jax.device_get(evaluate(ts.params)[0])
-        points.append({"iteration": i, "train_s": clock, **{k: float(v) for k, v in m.items()}})
-
-    record()
-    while i < iterations or (time_budget is not None and clock < time_budget):
-        t0 = time.perf_counter()
-        ts, metrics = step(ts)
-        loss = float(metrics["loss"])           # blocks: the step is done
-        clock += time.perf_counter() - t0
-        i += 1
-        losses.append(loss)
-        if i % eval_every == 0:
-            record()
-    if points[-1]["iteration"] != i:
-        record()
-    return {"points": points, "train_loss": losses, "iterations": i, "train_s": clock}
-
-
-def plot(result, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    colors = {"sofo": "tab:red", "adam": "tab:blue"}
-    for name, runs in result["runs"].items():
-        for j, run in enumerate(runs):
-            it = [p["iteration"] for p in run["points"]]
-            sec = [p["train_s"] for p in run["points"]]
-            mse = [p["mse"] for p in run["points"]]
-            label = name if j == 0 else None
-            axes[0].plot(it, mse, color=colors[name], lw=1, alpha=0.8, label=label)
-            axes[1].plot(sec, mse, color=colors[name], lw=1, alpha=0.8, label=label)
-    oracle = np.mean([r["points"][-1]["oracle_mse"] for r in result["runs"]["sofo"]])
-    copy = np.mean([r["points"][-1]["copy_mse"] for r in result["runs"]["sofo"]])
-    for ax in axes:
-        ax.axhline(oracle, color="tab:green", ls="--", lw=1, label="oracle Kalman filter")
-        ax.axhline(copy, color="0.5", ls=":", lw=1, label="copy observation")
-        ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-    axes[0].set_xlabel("iteration")
-    axes[1].set_xlabel("training wall-clock (s)")
-    axes[0].set_ylabel("held-out MSE")
-    axes[0].legend(fontsize=8)
-    p = result["problem"]
-    fig.suptitle(f"Kalman task, T={p['T']}, N={p['N']}, B={p['B']}, SOFO K={p['K']}; "
-                 f"{len(result['seeds'])} seeds", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def run(overrides, seed, iterations, args, run_dir: Path) -> dict:
+    run_cli([*overrides, f"seed={seed}", f"batch_size={args.batch}", f"iterations={iterations}",
+             f"eval_every={args.eval_every}", "log_every=1", f"checkpoint_every={iterations}",
+             f"eval_batch_size={args.batch if args.quick else 256}"], run_dir)
+    return read_run(run_dir)
 
 
 def main(argv=None) -> dict:
@@ -132,24 +71,29 @@ def main(argv=None) -> dict:
     common = ["task=kalman", f"task.n_steps={args.n_steps}", f"model.n_hidden={args.n_hidden}"]
     sofo = [*common, "optim=sofo", f"optim.n_tangents={args.tangents}", *filter(None, args.sofo.split(","))]
     adam = [*common, "optim=adam", *filter(None, args.adam.split(","))]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = out.parent / f"{out.stem}_runs"
     result = {"machine": machine(), "seeds": seeds, "quick": args.quick,
               "problem": {"task": "kalman", "T": args.n_steps, "N": args.n_hidden, "B": args.batch,
                           "K": args.tangents, "iterations": args.iterations},
               "overrides": {"sofo": sofo, "adam": adam}, "runs": {"sofo": [], "adam": []}}
     t_start = time.perf_counter()
-    for seed in seeds:
-        eval_batch = args.batch if args.quick else 256
-        key = (tuple(common), seed, args.batch, eval_batch)
-        s = train_curve(sofo, seed, args.batch, args.iterations, args.eval_every, eval_batch=eval_batch, eval_key=key)
-        a = train_curve(adam, seed, args.batch, args.iterations, args.eval_every, time_budget=s["train_s"],
-                        eval_batch=eval_batch, eval_key=key)
-        result["runs"]["sofo"].append(s)
-        result["runs"]["adam"].append(a)
+    sofo_dirs, adam_dirs = [work / f"sofo-s{s}" for s in seeds], [work / f"adam-s{s}" for s in seeds]
+    result["runs"]["sofo"] = [run(sofo, s, args.iterations, args, d) for s, d in zip(seeds, sofo_dirs)]
+    budget = float(np.mean([r["train_s"] for r in result["runs"]["sofo"]]))
+    # Adam's updates in SOFO's training seconds: the budget over Adam's median step in a probe run
+    probe = run(adam, seeds[0], min(args.iterations, 100), args, work / "adam-probe")
+    adam_n = max(args.iterations, int(budget / probe["step_time_s"]))
+    print(f"SOFO: {args.iterations} iterations in {budget:.1f} s of training (mean over seeds); "
+          f"Adam gets {adam_n} iterations", flush=True)
+    result["runs"]["adam"] = [run(adam, s, adam_n, args, d) for s, d in zip(seeds, adam_dirs)]
+    for seed, s, a in zip(seeds, result["runs"]["sofo"], result["runs"]["adam"]):
         print(f"seed {seed}: SOFO {s['iterations']} it in {s['train_s']:.1f} s -> MSE {s['points'][-1]['mse']:.3f}; "
               f"Adam {a['iterations']} it in {a['train_s']:.1f} s -> MSE {a['points'][-1]['mse']:.3f}", flush=True)
 
-    def at_iteration(run, it):
-        return next(p["mse"] for p in run["points"] if p["iteration"] >= it)
+    def at_iteration(rec, it):
+        return next(p["mse"] for p in rec["points"] if p["iteration"] >= it)
 
     summary = {
         "oracle_mse": float(np.mean([r["points"][-1]["oracle_mse"] for r in result["runs"]["sofo"]])),
@@ -172,11 +116,13 @@ def main(argv=None) -> dict:
                                             summary["adam_iterations_at_equal_wall_clock"])))
     print(f"s/iteration: SOFO {summary['sofo_seconds_per_iteration'] * 1e3:.1f} ms, "
           f"Adam {summary['adam_seconds_per_iteration'] * 1e3:.1f} ms; total {summary['total_benchmark_s']:.0f} s")
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
-    plot(result, out.with_suffix(".png"))
-    print(f"wrote {out} and {out.with_suffix('.png')}")
+    from sofo_lab.compare import compare
+
+    written = compare(sofo_dirs + adam_dirs, out=out.parent, stem=out.stem,
+                      title=f"Kalman task, T={args.n_steps}, N={args.n_hidden}, B={args.batch}, SOFO K={args.tangents}; "
+                            f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''}")
+    print(f"wrote {out} and {', '.join(written['figures'])}")
     return result
 
 

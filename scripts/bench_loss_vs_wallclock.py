@@ -5,16 +5,16 @@
                                               [--iterations N] [--seed S]
 
 Each optimizer trains task=kalman (rnn N=32, B=32, T=100) with its default hyperparameters from
-conf/optim/ through the runner itself (``sofo_lab.runner.train``, logger=none), evaluating on
-the fixed held-out batch every few iterations (and at iteration 0). Time is the runner's
-``time_s``: training seconds, with compilation, evaluation and checkpoints excluded. The figure and
-the table are drawn by ``sofo_lab.compare`` (the code behind ``sofo-compare``) from the run
-directories, which are kept next to the JSON: ``<out>.png``, ``<out>.md``, ``<out>.csv``.
+conf/optim/ through the command line (``python -m sofo_lab.cli``, logger=none), evaluating on
+the fixed held-out batch every few iterations (and at iteration 0); each record is read back from
+its run directory. Time is the runner's ``time_s``: training seconds, with compilation, evaluation
+and checkpoints excluded. The figure and the table are drawn by ``sofo_lab.compare`` (the code
+behind ``sofo-compare``) from the run directories, which are kept next to the JSON:
+``<out>.png``, ``<out>.md``, ``<out>.csv``.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -28,21 +28,18 @@ MAX_ITERATIONS = {"rtrl": 40}
 
 
 def run(optim: str, base: list[str], run_dir: Path, iterations: int) -> dict:
-    from sofo_lab.errors import RunFailed
-    from sofo_lab.runner import train
+    """One optimizer's run through the command line, its record read back from its directory."""
+    from sofo_lab.compare import load_run
+    from sofo_lab.compare_table import profile_of
 
-    cfg = bc.compose([*base, f"optim={optim}", f"iterations={iterations}", f"checkpoint_every={iterations}"])
-    try:
-        summary = train(cfg, run_dir, {"task": "kalman", "optim": optim})
-    except RunFailed as err:
-        summary = json.loads((run_dir / "summary.json").read_text())
-        summary["error"] = str(err)
-    history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    curve = [(r["time_s"], r["iteration"], r["eval/loss"]) for r in history if "eval/loss" in r]
+    done = load_run(bc.run_cli([*base, f"optim={optim}", f"iterations={iterations}",
+                                f"checkpoint_every={iterations}"], run_dir))
+    summary, profile = done.summary, profile_of(done)
     return {"optim": optim, "iterations": iterations, "status": summary["status"], "error": summary.get("error"),
-            "curve": [{"time_s": t, "iteration": i, "eval_loss": v} for t, i, v in curve],
-            "final": summary["final"], "compile_s": summary["profile"]["compile_s"],
-            "step_time_median_s": summary["profile"].get("step_time_median_s"),
+            "curve": [{"time_s": r["time_s"], "iteration": r["iteration"], "eval_loss": r["eval/loss"]}
+                      for r in done.history if "eval/loss" in r],
+            "final": summary["final"], "compile_s": profile["compile_s"],
+            "step_time_median_s": profile.get("step_time_median_s"),
             "oracle_mse": summary["final"].get("eval/oracle_mse")}
 
 
@@ -59,8 +56,7 @@ def main() -> None:
     optims = args.optims.split(",") if args.optims else (["adam", "sofo"] if args.quick else list(OPTIMS))
     every = max(1, iterations // 30)
     base = ["task=kalman", "model=rnn", f"model.n_hidden={n_hidden}", f"batch_size={batch}", f"task.n_steps={T}",
-            f"eval_every={every}", f"log_every={every}", "logger=none", "progress=false", "plots=false",
-            "resume=false", f"seed={args.seed}"]
+            f"eval_every={every}", f"log_every={every}", f"seed={args.seed}"]
     path = bc.out_path(args.out, "loss_vs_wallclock.json")
     runs = []
     for optim in optims:
@@ -80,7 +76,7 @@ def main() -> None:
     from sofo_lab.compare import compare
 
     pr = result["problem"]
-    compare([path.parent / "runs"], out=path.parent, stem=path.stem,
+    compare([path.parent / "runs" / r["optim"] for r in runs], out=path.parent, stem=path.stem,
             title=f"Loss vs training seconds: kalman, rnn N={pr['n_hidden']}, B={pr['batch_size']}, "
                   f"T={pr['n_steps']}, {pr['iterations']} it.; {bc.machine_line(result['machine'])}")
     bc.save(path, result)

@@ -68,8 +68,7 @@ def run(task, optim, seed, iterations, n_evals, run_dir, extra) -> dict:
     every = max(1, iterations // n_evals)
     # the run's own iteration count and logging come last: they win over ``extra``
     overrides = [f"task={task}", f"optim={optim}", *extra, f"seed={seed}", f"iterations={iterations}",
-                 f"eval_every={every}", f"log_every={every}", f"checkpoint_every={iterations}",
-                 "logger=none", "progress=false", "plots=false", "resume=false"]
+                 f"eval_every={every}", f"log_every={every}", f"checkpoint_every={iterations}"]
     start = time.perf_counter()
     rec = {**record(run_cli(overrides, run_dir)), "overrides": extra, "wall_s": time.perf_counter() - start}
     end = rec["curve"][-1] if rec["curve"] else {}

@@ -51,6 +51,9 @@ def test_loss_vs_wallclock_quick(tmp_path):
         assert r["curve"][0]["iteration"] == 0 and r["curve"][0]["time_s"] == 0.0
         times = [p["time_s"] for p in r["curve"]]
         assert times == sorted(times) and all(p["eval_loss"] > 0 for p in r["curve"])
+        assert (tmp_path / "runs" / r["optim"] / ".hydra" / "overrides.yaml").is_file()   # the command line's run
+    md = (tmp_path / "loss.md").read_text()                                              # sofo-compare's table
+    assert "| optim=adam |" in md and "| optim=sofo |" in md
 
 
 @pytest.mark.parametrize("name", ["bench_memory_vs_horizon.py", "bench_time_vs_tangents.py",

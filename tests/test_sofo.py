@@ -334,7 +334,12 @@ def test_benchmarks_run_in_quick_mode(tmp_path):
     assert json.loads((tmp_path / "speed.json").read_text())["machine"]["jax"] == jax.__version__
     assert speed["ratio_sofo_over_vmap_of_jvp"]["cpu_min_s"] > 0
     kalman = bench_kalman_sofo_vs_adam.main(["--quick", "--out", str(tmp_path / "kalman.json")])
-    assert (tmp_path / "kalman.png").stat().st_size > 0
     summary = kalman["summary"]
     assert 0 < summary["oracle_mse"] < summary["copy_mse"]
     assert len(summary["sofo_final_mse"]) == len(summary["adam_mse_at_equal_wall_clock"]) == 1
+    assert summary["adam_iterations_at_equal_wall_clock"][0] >= kalman["problem"]["iterations"]
+    # the runs went through the command line; figure and table are sofo-compare's, one row per optimizer
+    assert (tmp_path / "kalman_runs" / "adam-s0" / ".hydra" / "overrides.yaml").is_file()
+    assert (tmp_path / "kalman.png").stat().st_size > 0
+    md = (tmp_path / "kalman.md").read_text()
+    assert "| optim=sofo " in md and "| optim=adam " in md and "oracle" in md.splitlines()[-1]
