@@ -272,3 +272,13 @@ def test_benchmark_quick_mode_writes_its_json(tmp_path):
 
     assert sorted(map(key, collected["runs"])) == sorted(map(key, data["runs"]))    # the Adam probe left out
     assert "solved (seeds)" in collected["table_markdown"] and (tmp_path / "partial.png").exists()
+
+    # scripts/motor_noise_share.py on one of these runs: it scores the same trials as the task does
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import motor_noise_share
+
+    sofo_dir = next(d for d in dirs if "-sofo-" in d.name)
+    share = motor_noise_share.main([str(sofo_dir), "--trials", "64", "--out", str(tmp_path / "n.json")])
+    assert json.loads((tmp_path / "n.json").read_text()) == share
+    assert share["noisy_within_1cm_around_window_end"]["+0 ms"] == pytest.approx(share["noisy"]["within_1cm"])
+    assert share["noisy"]["endpoint_error_cm"] != share["noise_free"]["endpoint_error_cm"]   # the noise matters
