@@ -144,3 +144,15 @@ def test_the_task_hands_its_settings_to_the_model_and_a_model_without_them_says_
     with warnings.catch_warnings():
         warnings.simplefilter("error")   # dt and tau mean nothing to a discrete-time model: no warning
         build(compose_config(["task=kalman", "model=gru", "optim=adam"]), {"model": "gru"})
+
+
+def test_tuned_presets_apply_to_their_task_model_and_optimizer_only():
+    """conf/tuned/<task>_<model>.yaml for every optimizer on that pair; conf/tuned/optim/
+    <task>_<model>_<optim>.yaml for that optimizer only; the command line wins over both."""
+    reach = compose_config(["task=reach", "model=rnn", "optim=sofo"])
+    assert (reach.iterations, reach.model.n_hidden, reach.optim.clip_norm) == (2000, 32, 1.0)
+    adam = compose_config(["task=reach", "model=rnn", "optim=adam"])
+    assert (adam.iterations, adam.model.n_hidden, adam.optim.clip_norm) == (2000, 32, None)
+    assert compose_config(["optim=sofo", "optim.clip_norm=null"]).optim.clip_norm is None
+    kalman = compose_config(["task=kalman", "model=rnn", "optim=sofo"])
+    assert kalman.optim.clip_norm is None and kalman.model.n_hidden != 32

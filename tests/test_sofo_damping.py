@@ -97,6 +97,24 @@ def test_a_rejected_step_restarts_momentum():
             np.testing.assert_array_equal(leaf, 0.0)
 
 
+def test_a_rejected_step_keeps_the_schedule_going():
+    """The restart zeroes the buffers but not the step count: the learning-rate schedule goes on
+    (a count reset to 0 put a cosine schedule back at its peak after every rejection)."""
+    with jax.enable_x64(True):
+        system, params, batch = _problem()
+        schedule = optax.cosine_decay_schedule(3.0, 10)
+        opt = sofo(system, optax.sgd(schedule, momentum=0.9), n_tangents=K, damping=1e-6, adaptive_damping=True)
+        state = opt.init(params)
+        counts = lambda s: [int(x) for x in jax.tree.leaves(s.inner) if jnp.issubdtype(x.dtype, jnp.integer)]  # noqa: E731
+        assert counts(state) == [0]
+        _, state2, _, m = jax.jit(opt.update)(params, state, batch, jax.random.PRNGKey(0), None)
+        assert float(m["sofo/accepted"]) == 0.0
+        assert counts(state2) == [1]
+        for leaf in jax.tree.leaves(state2.inner):
+            if not jnp.issubdtype(leaf.dtype, jnp.integer):
+                np.testing.assert_array_equal(leaf, 0.0)
+
+
 def test_a_batch_that_is_non_finite_rolls_the_last_step_back():
     with jax.enable_x64(True):
         system, params, batch = _problem()

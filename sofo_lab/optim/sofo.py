@@ -97,6 +97,14 @@ def _select(flag, a, b):
     return jax.tree.map(lambda x, y: jnp.where(flag, x, y), a, b)
 
 
+def _restart(fresh_inner, inner):
+    """The optax state after a rejected or rolled-back step: the buffers (momentum, Adam's moments)
+    from ``fresh_inner``, the step counts from ``inner``. A stale momentum buffer would push the
+    loss up again; a restarted count would restart the learning-rate schedule at its peak (with
+    1-2 % of steps rejected, a cosine schedule never got past its first ~100 steps)."""
+    return jax.tree.map(lambda f, c: c if jnp.issubdtype(c.dtype, jnp.integer) else f, fresh_inner, inner)
+
+
 def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-3,
          orthonormalize: bool = False, sharding: _forward.LaneSharding = _forward.LaneSharding(),
          fast: bool = True, adaptive_damping: bool = False, damping_min: float = 1e-6,
@@ -105,7 +113,7 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
 
     With ``adaptive_damping`` a batch on which the current parameters are non-finite (a closed loop
     that the last step made unstable for some trial) rolls that step back: θ returns to the
-    parameters before it, the optax state restarts, λ grows ×10, and ``metrics["rolled_back"]`` is 1
+    parameters before it, the optax state's buffers restart (its step count goes on), λ grows ×10, and ``metrics["rolled_back"]`` is 1
     so that the runner goes on instead of stopping at a non-finite loss.
     """
     stepper = _forward.stepper_for(system, fast=fast)
@@ -137,7 +145,7 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
             with _forward._x64():
                 finite = jnp.isfinite(sketch.loss) & jnp.all(jnp.isfinite(sketch.c)) & jnp.all(jnp.isfinite(s))
             new_params = _select(finite, new_params, state.previous)
-            inner = _select(finite, inner, transform.init(state.previous))
+            inner = _select(finite, inner, _restart(transform.init(state.previous), inner))
             lam = jnp.where(finite, lam, jnp.clip(state.damping * ROLLBACK_GROW, damping_min, damping_max))
             previous = _select(finite, params, state.previous)
             metrics["rolled_back"] = (~finite).astype(jnp.float32)
@@ -152,8 +160,8 @@ def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates
                          carry, lam):
     """Compare the subspace model's predicted decrease with the actual one; adapt λ, reject bad steps.
 
-    A rejected step also restarts the optax state (``fresh_inner``): a momentum buffer that pushed
-    the loss up would otherwise push it up again at every later step."""
+    A rejected step also restarts the optax state's buffers (``fresh_inner``, ``_restart``): a
+    momentum buffer that pushed the loss up would otherwise push it up again at every later step."""
     B = batch.batch_size
 
     def body(c, xs):   # the loss summed in the carry: nothing of length T is kept (memory flat in T)
@@ -176,7 +184,7 @@ def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)  # noqa: E731
     metrics = {"sofo/rho": rho.astype(jnp.float32), "sofo/accepted": accept.astype(jnp.float32),
                "sofo/predicted_decrease": predicted.astype(jnp.float32)}
-    return keep(new_params, params), keep(inner, fresh_inner), lam * factor, metrics
+    return keep(new_params, params), keep(inner, _restart(fresh_inner, inner)), lam * factor, metrics
 
 
 def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tangents, damping, orthonormalize,
