@@ -235,7 +235,7 @@ def test_sofo_sketch_through_the_arm_equals_reverse_mode():
 def test_benchmark_quick_mode_writes_its_json(tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_motor.py"), "--quick",
-                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     assert {"machine", "runs", "table"} <= set(data)
