@@ -32,6 +32,10 @@ METHODS = {"uoro": [], "tbptt-1": ["optim=tbptt", "optim.truncation=1"],
            "tbptt-16": ["optim=tbptt", "optim.truncation=16"]}
 COLORS = {"uoro": "tab:red", "tbptt-1": "tab:blue", "tbptt-16": "tab:green"}
 WINDOW = 320   # characters per dispatch (conf/experiment/<task>_uoro.yaml)
+MARKS = (10**5, 10**6, 3 * 10**6, 10**7)   # the table's columns (characters)
+# The level below which a method has learned the long dependency (research/uoro_spec.md §4.4-4.5):
+# aⁿbⁿ below "forgets n" counts; brackets below "no memory" carries the bracket.
+MEMORY_LEVEL = {"anbn": "forget_n", "brackets": "no_memory"}
 
 
 def run_one(task, model, method, seed, chars, run_dir, quick):
@@ -155,6 +159,75 @@ def running_records(out_dir: Path, run_root: Path) -> list[dict]:
     return rows
 
 
+def value_at(record: dict, characters: int):
+    """(cumulative, recent) online bits/char at the last logged point at or before ``characters``
+    (points are ×1.01 apart), or None when the run has not got that far."""
+    points = [(cum, rec) for c, cum, rec in record["curve"] if c <= characters]
+    return points[-1] if points and record["characters"] >= characters else None
+
+
+def first_below(record: dict, level: float):
+    """Characters at which the recent rate first goes below ``level`` and stays below it for
+    the rest of the run (None if it never settles there)."""
+    first = None
+    for c, _, rec in record["curve"]:
+        if rec < level:
+            first = c if first is None else first
+        else:
+            first = None
+    return first
+
+
+def sci(characters) -> str:
+    return f"{characters:.1e}".replace("e+0", "e")
+
+
+def table(records: list[dict]) -> str:
+    """Markdown: per task, model and method, cumulative / recent bits/char at ``MARKS`` (mean ±
+    s.d. over the seeds that got there) and where each seed's recent rate settled below the
+    memory level."""
+    def cell(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return "–"
+        mean = sum(values) / len(values)
+        if len(values) == 1:
+            return f"{mean:.3f}"
+        sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        return f"{mean:.3f} ± {sd:.3f}"
+
+    longest = max((r["characters"] or 0 for r in records), default=0)
+    marks = [m for m in MARKS if m <= longest] or [longest]
+    head = ["task", "model", "method", "seeds"] + [sci(m) for m in marks]
+    lines = ["| " + " | ".join(head + ["settled below the memory level (characters, per seed)"]) + " |",
+             "|" + "---|" * (len(head) + 1)]
+    groups: dict = {}
+    for r in records:
+        groups.setdefault((r["task"], r["model"], r["method"]), []).append(r)
+    for (task, model, method), rows in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], list(METHODS).index(kv[0][2]))):
+        rows = sorted(rows, key=lambda r: r["seed"])
+        cells = []
+        for m in marks:
+            at = [value_at(r, m) for r in rows]
+            cells.append(f"{cell([a[0] if a else None for a in at])} / {cell([a[1] if a else None for a in at])}")
+        name = MEMORY_LEVEL.get(task)
+        settled = ", ".join(
+            f"s{r['seed']}: " + (sci(c) if (c := first_below(r, r["references"][name])) is not None else "never")
+            for r in rows) if name in rows[0]["references"] else "–"
+        seeds = ",".join(f"{r['seed']}" + ("" if r["status"] == "completed" else f" ({r['status']})") for r in rows)
+        lines.append("| " + " | ".join([task, model, method, seeds, *cells, settled]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def report(records: list[dict], figure: Path) -> None:
+    """The figure and the table (``<out-dir>.png``, ``<out-dir>.md``) of these records."""
+    plot(records, figure)
+    if records:
+        figure.with_suffix(".md").write_text(
+            "Online bits/char, cumulative / recent (mean ± s.d. over seeds), from "
+            "`scripts/bench_uoro_paper.py`\n\n" + table(records))
+
+
 def plot(records: list[dict], path: Path) -> None:
     """One panel per (task, model): cumulative (solid) and recent (thin) bits/char per method and seed."""
     import matplotlib
@@ -219,7 +292,7 @@ def main(argv=None):
         return rows
     if args.plot_only:   # finished records and, with --include-running, the runs still going
         records = load_records(out_dir) + (running_records(out_dir, run_root) if args.include_running else [])
-        plot(records, figure)
+        report(records, figure)
         for r in records:
             print(f"{r['task']}-{r['model']}-{r['method']}-s{r['seed']}: {r['status']} at {r['characters']} characters: "
                   f"cumulative {r['bits_per_char']:.3f}, recent {r['bits_per_char_recent']:.3f}")
@@ -244,7 +317,7 @@ def main(argv=None):
                     print(f"{name}: {row['status']} after {row['characters']} characters: cumulative "
                           f"{row['bits_per_char']:.3f}, recent {row['bits_per_char_recent']:.3f} bits/char "
                           f"({row['wall_s']:.0f} s)", flush=True)
-                    plot(load_records(out_dir), figure)
+                    report(load_records(out_dir), figure)
     return done
 
 

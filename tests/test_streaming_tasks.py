@@ -152,15 +152,20 @@ def test_geometric_logging_keeps_a_long_stream_small():
         log_due(5, 10, 1.0)
 
 
-@pytest.mark.parametrize("script", ["bench_influence", "bench_char_tasks", "bench_uoro_cost"])
-def test_benchmark_quick_mode(tmp_path, script):
+def bench_script(name):
+    """A benchmark under scripts/ as a module (they import their siblings by name)."""
     import importlib
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    return importlib.import_module(name)
+
+
+@pytest.mark.parametrize("script", ["bench_influence", "bench_char_tasks", "bench_uoro_cost"])
+def test_benchmark_quick_mode(tmp_path, script):
     out = tmp_path / f"{script}.json"
-    importlib.import_module(script).main(["--quick", "--out", str(out)])
+    bench_script(script).main(["--quick", "--out", str(out)])
     result = json.loads(out.read_text())
     assert {"cpu", "cores", "jax", "backend"} <= set(result["machine"]) and result["quick"]
     if script == "bench_influence":
@@ -172,3 +177,32 @@ def test_benchmark_quick_mode(tmp_path, script):
         assert all(r["bits_per_char"] > 0 for r in result["runs"])
     else:
         assert all(r["ratio"] > 0 for r in result["rows"])
+
+
+def test_paper_length_benchmark_quick_mode_records_resumes_and_tabulates(tmp_path, capsys):
+    """bench_uoro_paper --quick: one record per run, the figure and the table; a second call
+    skips the finished runs; the table's numbers are the records' curves at its columns."""
+    bench = bench_script("bench_uoro_paper")
+    out_dir, run_root = tmp_path / "uoro_paper", tmp_path / "runs"
+    args = ["--quick", "--out-dir", str(out_dir), "--run-root", str(run_root)]
+    done = bench.main(args)
+    assert sorted(p.name for p in out_dir.glob("*.json")) == ["anbn-gru-tbptt-16-s0.json", "anbn-gru-uoro-s0.json"]
+    assert {r["status"] for r in done} == {"completed"} and all(r["characters"] == 64 for r in done)
+    assert out_dir.with_suffix(".png").exists()
+    assert bench.main(args) == []                      # records exist: nothing reruns
+    assert "record exists, skipped" in capsys.readouterr().out
+    rows = {line.split(" | ")[2]: line for line in out_dir.with_suffix(".md").read_text().splitlines()
+            if line.startswith("| anbn")}
+    for record in done:
+        cum, rec = bench.value_at(record, 64)
+        assert (cum, rec) == tuple(record["curve"][-1][1:])
+        assert f"{cum:.3f} / {rec:.3f}" in rows[record["method"]]
+
+
+def test_paper_length_benchmark_reads_when_a_rate_settles():
+    bench = bench_script("bench_uoro_paper")
+    curve = [(100, 0.9, 0.5), (200, 0.8, 0.2), (300, 0.7, 0.4), (400, 0.6, 0.1), (500, 0.5, 0.2)]
+    record = {"curve": curve, "characters": 500}
+    assert bench.first_below(record, 0.3) == 400      # below at 200, back above at 300, below from 400 on
+    assert bench.first_below(record, 0.05) is None
+    assert bench.value_at(record, 350) == (0.7, 0.4) and bench.value_at(record, 600) is None
