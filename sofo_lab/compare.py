@@ -27,7 +27,9 @@ Writes, into the first directory (or ``--out``):
   number of runs and seeds, time per iteration (median step), training seconds, compilation and
   step memory. When the runs log ``eval/solved`` (1 where the task's criterion is met), also
   "solved (seeds)", how many runs end solved, and "first solved at", each run's first evaluated
-  iteration with ``eval/solved`` = 1 and its training seconds ("–": never).
+  iteration with ``eval/solved`` = 1 and its training seconds ("–": never). ``--at iteration=N``
+  or ``--at seconds=S`` reads every run there instead of at its end (its last evaluation at or
+  before it): equal iterations or equal wall-clock from runs of any length; the figure marks it.
 
 The headline metric is the task class's ``headline_metric`` when it names one, else the first
 evaluated metric that has reference levels, else the first evaluated metric. A ``--metrics`` name
@@ -44,8 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sofo_lab import per_optim
-from sofo_lab.compare_table import is_number
-from sofo_lab.compare_table import logs_solved, markdown, table_rows, write_csv
+from sofo_lab.compare_table import is_number, logs_solved, markdown, parse_at, table_rows, write_csv
 from sofo_lab.reporting import reference_levels
 
 GROUP_CHOICES = ("task", "model", "optim", "experiment")
@@ -281,10 +282,12 @@ def _logged_names(runs: list[Run]) -> str:
 
 # --- the command ----------------------------------------------------------------------------------
 def compare(paths, out: str | Path | None = None, spread: str = "minmax", title: str | None = None,
-            stem: str = "compare", metrics=()) -> dict:
+            stem: str = "compare", metrics=(), at: tuple[str, float] | None = None) -> dict:
     """Read every run below ``paths``; write ``<stem>.png`` (``<stem>_<task>.png`` for several tasks),
     ``<stem>.md`` and ``<stem>.csv`` into ``out`` (default: the first path); return what was written.
-    ``metrics``: more metrics to plot and tabulate after the loss and the headline (see ``metric_key``)."""
+    ``metrics``: more metrics to plot and tabulate after the loss and the headline (see ``metric_key``).
+    ``at``: ("iteration", N) or ("seconds", S) (``compare_table.parse_at``): the tables read every run
+    there (equal iterations, equal wall-clock) instead of at its end; the figure marks it."""
     from sofo_lab.compare_plot import figure
 
     dirs = find_runs(paths)
@@ -310,10 +313,10 @@ def compare(paths, out: str | Path | None = None, spread: str = "minmax", title:
         name = f"{stem}.png" if len(by_task) == 1 else f"{stem}_{task}.png"
         label = title or (f"{task}: {len(groups)} configuration{'s' if len(groups) != 1 else ''}, "
                           f"{len(task_runs)} run{'s' if len(task_runs) != 1 else ''}")
-        figure(out / name, groups, shown, refs, spread, label, common_settings(task_runs))
+        figure(out / name, groups, shown, refs, spread, label, common_settings(task_runs), at)
         written["figures"].append(str(out / name))
-        task_rows = table_rows(groups, solved=logs_solved(task_runs))
-        md.append(markdown(task_rows, shown, refs, label))
+        task_rows = table_rows(groups, solved=logs_solved(task_runs), at=at)
+        md.append(markdown(task_rows, shown, refs, label, at))
         rows += [{"task": task, **r} for r in task_rows]
     (out / f"{stem}.md").write_text("\n".join(md))
     write_csv(out / f"{stem}.csv", rows)
@@ -348,9 +351,12 @@ def main(argv=None) -> None:
     ap.add_argument("--metrics", default="", metavar="M1,M2",
                     help="more metrics to plot (a row each) and tabulate, e.g. eval/moved_early,hold_error_cm; "
                          "a name without a prefix means eval/<name> when logged (else train/<name>)")
+    ap.add_argument("--at", default=None, metavar="iteration=N|seconds=S",
+                    help="tabulate every run at that iteration (equal iterations) or training second (equal "
+                         "wall-clock) instead of at its end: its last evaluation there")
     args = ap.parse_args(argv)
     written = compare(args.dirs, args.out, args.spread, args.title,
-                      metrics=[m.strip() for m in args.metrics.split(",") if m.strip()])
+                      metrics=[m.strip() for m in args.metrics.split(",") if m.strip()], at=parse_at(args.at))
     print(Path(written["markdown"]).read_text(), end="")
     print(f"Wrote {', '.join(written['figures'])}, {written['markdown']}, {written['csv']} "
           f"({written['runs']} run{'s' if written['runs'] != 1 else ''})")

@@ -14,7 +14,8 @@ def _pretty(metric: str, loss: str) -> str:
     return metric.split("/", 1)[-1].replace("_", " ") + (" (held-out)" if metric.startswith("eval/") else "")
 
 
-def figure(path: Path, groups, metrics: list[str], refs: dict, spread: str, title: str, common: str) -> str:
+def figure(path: Path, groups, metrics: list[str], refs: dict, spread: str, title: str, common: str,
+           at=None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -54,6 +55,8 @@ def figure(path: Path, groups, metrics: list[str], refs: dict, spread: str, titl
                 ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
                 ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             ax.set_ylabel(_pretty(metric, loss))
+            if at is not None and col == (0 if at[0] == "iteration" else 1):   # where the table reads the runs
+                ax.axvline(at[1], color="0.4", lw=0.9, ls=(0, (4, 2)))
             ax.grid(alpha=0.3, which="both")
         axes[row, 0].set_xlabel("iteration")
         axes[row, 1].set_xlabel("training seconds (compilation, evaluation, checkpoints excluded)"

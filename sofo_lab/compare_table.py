@@ -1,8 +1,9 @@
 """The tables of ``sofo-compare`` (sofo_lab/compare.py): one row per configuration, Markdown and CSV.
 
-Each row holds the final metrics (mean, s.d. and count over the runs), the run's profile (time per
-iteration, training seconds, compilation, step memory) and, when the task logs ``eval/solved``,
-how many runs end solved and when each was first solved.
+Each row holds the final metrics (mean, s.d. and count over the runs), or, with ``at``, the metrics
+read at one iteration or one training second (equal iterations, equal wall-clock), the run's
+profile (time per iteration, training seconds, compilation, step memory) and, when the task logs
+``eval/solved``, how many runs are solved and when each was first solved.
 """
 from __future__ import annotations
 
@@ -15,19 +16,49 @@ PROFILE = (("step_time_median_s", "time/iteration (ms)", 1e3), ("train_time_s", 
            ("compile_s", "compile (s)", 1.0), ("step_memory_bytes", "step memory (MiB)", 2.0**-20),
            ("n_params", "params", 1.0))
 SOLVED = "eval/solved"   # 1.0 at an evaluation where the task's solved criterion holds (e.g. docs/motor.md)
+AT_KEYS = {"iteration": "iteration", "seconds": "time_s"}   # --at NAME=VALUE: the metrics.jsonl column it reads
+
+
+def parse_at(text: str | None) -> tuple[str, float] | None:
+    """``iteration=4000`` or ``seconds=600`` -> (name, value); None for None or ""."""
+    if not text:
+        return None
+    name, _, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if name not in AT_KEYS or not math.isfinite(number) or number < 0:
+        raise SystemExit(f"error: --at {text}: expected iteration=N or seconds=S (a number >= 0), "
+                         f"e.g. --at iteration=2000 (equal iterations) or --at seconds=600 (equal wall-clock)")
+    return name, number
+
+
+def at_label(at) -> str:
+    return "final" if at is None else (f"at iteration {at[1]:g}" if at[0] == "iteration" else f"at {at[1]:g} s")
 
 
 def is_number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def final_metrics(run) -> dict:
-    """``final`` of summary.json, or the last logged value of each metric for a run that has none."""
-    final = dict((run.summary or {}).get("final") or {})
+def final_metrics(run, at=None) -> dict:
+    """``final`` of summary.json, or the last logged value of each metric for a run that has none;
+    with ``at`` = (name, value) (see ``parse_at``): the last value logged at or before it."""
+    final = dict((run.summary or {}).get("final") or {}) if at is None else {}
     if not final:
+        key = AT_KEYS[at[0]] if at else None
         for r in run.history:
+            if key is not None and not r.get(key, math.inf) <= at[1]:
+                break
             final.update({k: v for k, v in r.items() if "/" in k})
     return {k: v for k, v in final.items() if is_number(v)}
+
+
+def ended_before(run, at) -> bool:
+    """The run's log ends before ``at`` (it stopped, diverged or is still running)."""
+    last = next((r[AT_KEYS[at[0]]] for r in reversed(run.history) if AT_KEYS[at[0]] in r), -math.inf)
+    return last < at[1]
 
 
 def profile_of(run) -> dict:
@@ -69,11 +100,12 @@ def _solved_columns(runs, finals) -> dict:
             "first_solved_time_s": " ".join("–" if s is None else f"{s[1]:.4g}" for s in firsts)}
 
 
-def table_rows(groups, solved: bool = False) -> list[dict]:
-    """One dict per configuration (the CSV's rows); ``solved``: add the solved columns."""
+def table_rows(groups, solved: bool = False, at=None) -> list[dict]:
+    """One dict per configuration (the CSV's rows); ``solved``: add the solved columns; ``at``: the
+    metrics at that iteration or second instead of the final ones."""
     rows = []
     for g in groups:
-        finals = [final_metrics(r) for r in g.runs]
+        finals = [final_metrics(r, at) for r in g.runs]
         profiles = [profile_of(r) for r in g.runs]
         statuses: dict[str, int] = {}
         for r in g.runs:
@@ -87,6 +119,8 @@ def table_rows(groups, solved: bool = False) -> list[dict]:
             row[f"{key}_mean"], row[f"{key}_sd"], _ = _stats([p.get(key) for p in profiles])
         if solved:
             row.update(_solved_columns(g.runs, finals))
+        if at is not None:
+            row["ended_before"] = " ".join(f"{r.seed} ({r.status})" for r in g.runs if ended_before(r, at))
         rows.append(row)
     return rows
 
@@ -96,10 +130,11 @@ def _first_solved_cell(row) -> str:
     return ", ".join("–" if it == "–" else f"{it} ({t} s)" for it, t in pairs)
 
 
-def markdown(rows: list[dict], metrics: list[str], refs: dict, title: str) -> str:
-    """The table: ``metrics`` (the loss first) as final mean ± s.d. columns, then the profile."""
+def markdown(rows: list[dict], metrics: list[str], refs: dict, title: str, at=None) -> str:
+    """The table: ``metrics`` (the loss first) as final (or ``at``) mean ± s.d. columns, then the profile."""
     solved = bool(rows) and "solved_runs" in rows[0]
-    head = (["configuration", "runs (seeds)"] + [f"final {m}" for m in metrics]
+    when = at_label(at)
+    head = (["configuration", "runs (seeds)"] + [f"{when} {m}" if at is None else f"{m} {when}" for m in metrics]
             + (["solved (seeds)", "first solved at: iteration (training s)"] if solved else [])
             + [label for _, label, _ in PROFILE])
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -114,12 +149,14 @@ def markdown(rows: list[dict], metrics: list[str], refs: dict, title: str) -> st
             cells.append("–" if mean is None else _fmt(mean * scale, (sd or 0.0) * scale, row["n_runs"])
                          if key == "step_time_median_s" else f"{mean * scale:.4g}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± s.d. over the seeds of each configuration (completed runs' final evaluation); "
+    read = ("completed runs' final evaluation" if at is None else
+            f"each run's last evaluation {'at or before ' + when[3:] if at[0] == 'iteration' else 'within ' + when[3:] + ' of training'}")
+    lines += ["", f"Mean ± s.d. over the seeds of each configuration ({read}); "
               "time/iteration is the median step, training seconds exclude compilation, evaluation and "
               "checkpoints."]
     if solved:
-        lines.append(f"Solved: {SOLVED} = 1 (the task's criterion) at the final evaluation; first solved at: "
-                     "each run's first evaluation with it, in the order of the seeds.")
+        lines.append(f"Solved: {SOLVED} = 1 (the task's criterion) at {'the final' if at is None else 'that'} "
+                     "evaluation; first solved at: each run's first evaluation with it, in the order of the seeds.")
     for metric, levels in refs.items():
         if levels:
             lines.append(f"Reference levels of {metric}: " + ", ".join(f"{k.replace('_', ' ')} {v:.4g}"
@@ -127,6 +164,9 @@ def markdown(rows: list[dict], metrics: list[str], refs: dict, title: str) -> st
     for r in rows:
         if r["n_completed"] < r["n_runs"]:
             lines.append(f"{r['configuration']}: {r['status']}.")
+        if r.get("ended_before"):
+            lines.append(f"{r['configuration']}: seeds {r['ended_before']} ended before {when[3:]}: "
+                         "their last evaluation is read.")
     return "\n".join(lines) + "\n"
 
 

@@ -286,3 +286,33 @@ def test_checkpoint_and_evaluation_time_stay_out_of_time_s(tmp_path, monkeypatch
     assert prof["checkpoint_time_s"] >= 4 * 0.3
     assert hist[-1]["time_s"] < 0.3                 # four tiny updates; no checkpoint inside
     assert all(b["time_s"] >= a["time_s"] for a, b in zip(hist, hist[1:]))
+
+
+def test_compare_at_an_iteration_or_a_second_reads_every_run_there(tmp_path, capsys):
+    sweep = _reach_runs(tmp_path / "sweep")
+    _run_dir(sweep, "3", "adam", 1, [1.0, 0.7], task="reach", status="diverged",
+             logged={"eval/within_1cm": [0.0, 0.3], "eval/solved": [0.0, 0.0]})
+    written = compare.compare([sweep], at=("iteration", 10), stem="at10")
+    rows = {r["configuration"]: r for r in written["rows"]}
+    sofo, adam = rows["optim=sofo"], rows["optim=adam"]
+    # iteration 10: SOFO's second evaluation (0.6 and 0.85 within 1 cm; seed 1 solved there)
+    assert sofo["eval/within_1cm_mean"] == pytest.approx(0.725) and sofo["eval/loss_mean"] == pytest.approx(0.45)
+    assert sofo["solved_runs"] == 1 and sofo["ended_before"] == ""
+    assert adam["eval/loss_mean"] == pytest.approx(0.75) and adam["ended_before"] == ""
+    md = (sweep / "at10.md").read_text()
+    assert "| eval/loss at iteration 10 | eval/within_1cm at iteration 10 |" in md
+    assert "each run's last evaluation at or before iteration 10" in md
+    # at 0.45 training seconds: SOFO seed 0 is at its third evaluation (0.4 s), seed 1 at its second
+    # (0.3 s); Adam's runs log 0.1 s per evaluation: both ended before 0.45 s (seed 1 diverged)
+    written = compare.compare([sweep], at=("seconds", 0.45), stem="at045")
+    rows = {r["configuration"]: r for r in written["rows"]}
+    assert rows["optim=sofo"]["eval/within_1cm_mean"] == pytest.approx((0.9 + 0.85) / 2)
+    assert rows["optim=adam"]["eval/within_1cm_mean"] == pytest.approx((0.4 + 0.3) / 2)
+    assert rows["optim=adam"]["ended_before"] == "0 (completed) 1 (diverged)"
+    assert "optim=adam: seeds 0 (completed) 1 (diverged) ended before 0.45 s: their last evaluation is read." in (
+        sweep / "at045.md").read_text()
+    compare.main([str(sweep), "--at", "seconds=0.45", "--out", str(tmp_path / "cli")])
+    assert "eval/loss at 0.45 s" in capsys.readouterr().out
+    for bad in ("iterations=10", "seconds=-1", "iteration=ten"):
+        with pytest.raises(SystemExit, match=f"--at {bad}: expected iteration=N or seconds=S"):
+            compare.main([str(sweep), "--at", bad])
