@@ -91,11 +91,12 @@ def pool_map(jobs: int, specs, task, n_evals) -> list[dict]:
         return list(ex.map(one, specs))
 
 
-def compare_runs(records, out: Path) -> dict:
-    """The figure and the per-configuration table of these runs, drawn by ``sofo_lab.compare``."""
+def compare_runs(records, out: Path, at=None) -> dict:
+    """The figure and the per-configuration table of these runs, drawn by ``sofo_lab.compare``
+    (``at``: read at that iteration or training second, ``compare_table.parse_at``)."""
     from sofo_lab.compare import compare
 
-    return compare([r["run_dir"] for r in records], out=out.parent, stem=out.stem, metrics=FIGURE_METRICS)
+    return compare([r["run_dir"] for r in records], out=out.parent, stem=out.stem, metrics=FIGURE_METRICS, at=at)
 
 
 def one_round(args, task, n, seeds, extra, work, rows) -> list[dict]:
@@ -142,14 +143,17 @@ def one_round(args, task, n, seeds, extra, work, rows) -> list[dict]:
     return [*probes, *done]
 
 
-def collect(root: Path, out: Path) -> int:
-    """The JSON, table and figure of whatever the run directories under ``root`` hold so far."""
+def collect(root: Path, out: Path, at: str | None = None) -> int:
+    """The JSON, table and figure of whatever the run directories under ``root`` hold so far
+    (``at``: ``iteration=N`` or ``seconds=S``, every run read there)."""
+    from sofo_lab.compare_table import parse_at
+
     runs = [record(d) for d in sorted(root.iterdir()) if (d / "metrics.jsonl").exists() and "probe" not in d.name]
-    written = compare_runs(runs, out)
+    written = compare_runs(runs, out, parse_at(at))
     table = Path(written["markdown"]).read_text()
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"benchmark": "motor tasks: SOFO vs Adam (collected from run directories)",
-                               "machine": machine(), "table_markdown": table,
+                               "machine": machine(), "at": at, "table_markdown": table,
                                "runs": [{k: v for k, v in r.items() if k != "run_dir"} for r in runs]},
                               indent=1, default=str) + "\n")
     print(table)
@@ -221,9 +225,11 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs at once (processes); SOFO's seeds run together, then Adam's runs: every "
                              "step time, and so the equal-wall-clock budget, is measured under the same load")
+    parser.add_argument("--at", default=None, metavar="iteration=N|seconds=S",
+                        help="--collect: read every run at that iteration or training second (sofo-compare --at)")
     args = parser.parse_args(argv)
     if args.collect:
-        return collect(Path(args.collect), Path(args.out))
+        return collect(Path(args.collect), Path(args.out), args.at)
     extra = (QUICK if args.quick else []) + args.extra.split()
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     tasks = ["reach"] if args.quick else args.tasks.split(",")

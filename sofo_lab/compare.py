@@ -71,7 +71,7 @@ class Run:
 
     @property
     def status(self) -> str:
-        return (self.summary or {}).get("status") or "missing"
+        return (self.summary or {}).get("status") or "unfinished"   # no summary.json: running, or killed
 
 
 @dataclass
