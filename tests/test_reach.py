@@ -272,6 +272,12 @@ def test_benchmark_quick_mode_writes_its_json(tmp_path):
 
     assert sorted(map(key, collected["runs"])) == sorted(map(key, data["runs"]))    # the Adam probe left out
     assert "solved (seeds)" in collected["table_markdown"] and (tmp_path / "partial.png").exists()
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_motor.py"), "--collect", str(runs_dir),
+                           "--at", "iteration=10", "--out", str(tmp_path / "at10.json")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    at10 = json.loads((tmp_path / "at10.json").read_text())
+    assert at10["at"] == "iteration=10" and "| eval/within_1cm at iteration 10 |" in at10["table_markdown"]
 
     # scripts/motor_noise_share.py on one of these runs: it scores the same trials as the task does
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -282,3 +288,23 @@ def test_benchmark_quick_mode_writes_its_json(tmp_path):
     assert json.loads((tmp_path / "n.json").read_text()) == share
     assert share["noisy_within_1cm_around_window_end"]["+0 ms"] == pytest.approx(share["noisy"]["within_1cm"])
     assert share["noisy"]["endpoint_error_cm"] != share["noise_free"]["endpoint_error_cm"]   # the noise matters
+
+
+def test_gpu_paper_script_runs_every_paper_preset_shrunk_on_cpu(tmp_path):
+    """scripts/bench_gpu_paper.py end to end (shrunk, CPU): one record per paper preset with the
+    time per iteration, the memory fields and the criterion, so the first lent GPU runs it as is."""
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu_paper.py"), "--iterations", "2",
+                           "--extra", "batch_size=4 optim.n_tangents=4 task.n_steps=40 model.n_hidden=8",
+                           "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    records = {r["preset"]: r for r in data["records"]}
+    assert list(records) == ["reach_paper", "double_reach_paper", "kalman_paper"]
+    for preset, r in records.items():
+        assert r["status"] == "completed" and r["step_time_median_s"] > 0 and r["step_memory_bytes"] > 0
+        assert r["full_budget_iterations"] >= 1000 and r["full_budget_minutes"] > 0   # the preset's own budget
+        assert "device_peak_bytes_per_device" in r
+    assert {"eval/within_1cm", "eval/moved_early"} <= set(records["reach_paper"]["criterion"])
+    assert {"eval/mse", "eval/oracle_mse"} <= set(records["kalman_paper"]["criterion"])
+    assert data["machine"]["backend"] == "cpu"
