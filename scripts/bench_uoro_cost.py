@@ -8,6 +8,11 @@ At B = 1 a forward step is one matrix-vector product per weight (it reads the P 
 once) while UORO does O(P) vector work several times (two weight cotangents, θ̃, g̃, Adam), so
 the ratio is larger there; with B streams the matrix work grows and the ratio falls.
 
+Next to the times it records the arithmetic: XLA's own flop count (``Compiled.cost_analysis``) of
+the forward and of the UORO update. Both are one ``lax.scan``, whose body the count covers once,
+so the numbers are flops per time step and their ratio is what a UORO step must compute per
+forward step, before any overhead: a time ratio near it is flop-bound, one far above it is not.
+
     python scripts/bench_uoro_cost.py [--quick] [--out outputs/bench/uoro_cost.json]
 """
 from __future__ import annotations
@@ -29,6 +34,7 @@ from sofo_lab.models import GRU, LSTM, RateRNN  # noqa: E402
 from sofo_lab.optim.bptt import bptt  # noqa: E402
 from sofo_lab.optim.tbptt import tbptt  # noqa: E402
 from sofo_lab.optim.uoro import uoro  # noqa: E402
+from sofo_lab.profiling import compiled_flops  # noqa: E402
 from sofo_lab.system import Batch, ModelSystem, rollout  # noqa: E402
 from sofo_lab.tree import count_params  # noqa: E402
 
@@ -84,11 +90,14 @@ def measure(name, T, B, N, V, repeats):
     best = interleaved_min(fns, repeats)
     us = {k: 1e6 * v / T for k, v in best.items()}
     fwd = us["forward"]
+    flops = {k: compiled_flops(jax.jit(fns[k][0]).lower(*fns[k][1]).compile()) for k in ("forward", "uoro")}
     return {"model": name, "T": T, "B": B, "n_hidden": N, "vocab": V, "n_params": count_params(params),
             "forward_step_us": fwd, "uoro_step_us": us["uoro"], "ratio": us["uoro"] / fwd,
             "uoro_sgd_step_us": us["uoro_sgd"], "ratio_sgd": us["uoro_sgd"] / fwd,
             "adam_only_step_us": us["adam_only"], "adam_ratio": us["adam_only"] / fwd,
-            "tbptt1_step_us": us["tbptt1"], "bptt_step_us": us["bptt"]}
+            "tbptt1_step_us": us["tbptt1"], "bptt_step_us": us["bptt"],
+            "forward_flops_per_step": flops["forward"], "uoro_flops_per_step": flops["uoro"],
+            "flops_ratio": flops["uoro"] / flops["forward"] if flops["uoro"] and flops["forward"] else None}
 
 
 def main(argv=None):
@@ -104,11 +113,13 @@ def main(argv=None):
     models = ("rnn",) if args.quick else tuple(args.models)
     rows = [measure(name, T, B, N, V, repeats) for B in batches for name in models]
     print(f"{'model':6s} {'B':>4s} {'forward':>8s} {'UORO':>8s} {'ratio':>6s} {'UORO+SGD':>9s} {'ratio':>6s} "
-          f"{'Adam alone':>10s} {'ratio':>6s} {'TBPTT-1':>8s} {'BPTT':>7s}   (µs per time step; ratio = / forward)")
+          f"{'Adam alone':>10s} {'ratio':>6s} {'TBPTT-1':>8s} {'BPTT':>7s} {'flops ratio':>11s}"
+          f"   (µs per time step; ratio = / forward; flops ratio: UORO / forward, XLA's count)")
     for r in rows:
         print(f"{r['model']:6s} {r['B']:4d} {r['forward_step_us']:8.1f} {r['uoro_step_us']:8.1f} {r['ratio']:6.2f} "
               f"{r['uoro_sgd_step_us']:9.1f} {r['ratio_sgd']:6.2f} {r['adam_only_step_us']:10.1f} {r['adam_ratio']:6.2f} "
-              f"{r['tbptt1_step_us']:8.1f} {r['bptt_step_us']:7.1f}")
+              f"{r['tbptt1_step_us']:8.1f} {r['bptt_step_us']:7.1f} "
+              f"{'-' if r['flops_ratio'] is None else format(r['flops_ratio'], '11.2f')}")
     result = {"benchmark": "uoro_cost", "machine": machine(), "quick": args.quick, "rows": rows,
               "target_ratio": 4.0}
     write_json(Path(args.out), result)

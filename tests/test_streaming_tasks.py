@@ -177,6 +177,8 @@ def test_benchmark_quick_mode(tmp_path, script):
         assert all(r["bits_per_char"] > 0 for r in result["runs"])
     else:
         assert all(r["ratio"] > 0 for r in result["rows"])
+        # XLA's flop count: a UORO step does more arithmetic than a forward step, never less
+        assert all(r["uoro_flops_per_step"] > r["forward_flops_per_step"] > 0 for r in result["rows"])
 
 
 def test_paper_length_benchmark_quick_mode_records_resumes_and_tabulates(tmp_path, capsys):

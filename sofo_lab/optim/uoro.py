@@ -8,6 +8,9 @@ updates the parameters while the stream runs. One time step (the paper's Algorit
     (δs, δθ)          = ∂ℓ_{t+1}/∂(s_t, θ)                              backprop through one step
     g̃                 = (δs · s̃_t) θ̃_t + δθ                           the gradient estimate
     s̃'               = (∂F/∂s) s̃_t                                    jax.jvp (never finite differences)
+
+(δs · s̃_t is read off the same jvp: it is ∂ℓ/∂y · (∂y/∂s) s̃_t, so δs itself, a transposed
+state-Jacobian product, is never formed.)
     ν                 = i.i.d. ±1 signs over the whole state (LSTM: both c and h; all B streams),
                         32 per threefry word, one draw per block of up to 64 steps
     δθ_g              = νᵀ ∂F/∂θ                                       a vjp of the state map, cotangent ν
@@ -82,8 +85,9 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
     """UORO with ``transform`` as the online parameter update (see the module docstring).
 
     Per step: one ``jax.vjp`` of the step, whose pullback of the loss's output cotangent gives
-    δθ and δs; one ``vjp`` of the state map alone for νᵀ∂F/∂θ (no readout work); one ``jax.jvp``
-    for (∂F/∂s)s̃ (XLA computes the shared forward once); ‖ν‖ = √dim s exactly.
+    δθ; one ``vjp`` of the state map alone for νᵀ∂F/∂θ (no readout work); one ``jax.jvp`` of the
+    step for (∂F/∂s)s̃ and the output tangent that gives δs · s̃ (XLA computes the shared forward
+    once); ‖ν‖ = √dim s exactly.
     """
 
     def init_fn(params):
@@ -101,10 +105,10 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
             x, target, w = xs
             (new_state, y), pullback = jax.vjp(lambda p, s: system.step(p, s, x), params, state)
             loss, d_y = jax.value_and_grad(system.loss.value)(y, target, w)
-            d_theta, d_s = pullback((tree_zeros(new_state), d_y))                         # δθ, δs
-            coef = tree_vdot(d_s, s_t)
+            d_theta, _ = pullback((tree_zeros(new_state), d_y))                            # δθ
+            _, (s_push, y_dot) = jax.jvp(lambda s: system.step(params, s, x), (state,), (s_t,))
+            coef = tree_vdot(d_y, y_dot)             # δs · s̃ = ∂ℓ/∂y · (∂y/∂s) s̃: no δs needed
             g = jax.tree.map(lambda d, t: d + coef * t, d_theta, th_t)                       # g̃
-            _, s_push = jax.jvp(lambda s: system.step(params, s, x)[0], (state,), (s_t,))   # (∂F/∂s) s̃
             t = steps - start
             bits = jax.lax.cond(t % block == 0, lambda: sign_bits(key, t // block, block, words), lambda: bits)
             nu = unpack_signs(bits[t % block], new_state)                                    # ν
