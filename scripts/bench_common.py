@@ -28,6 +28,7 @@ def machine() -> dict:
             "backend": jax.default_backend(), "device_kind": dev.device_kind, "device_count": jax.device_count(),
             "jax": jax.__version__, "python": platform.python_version(), "platform": platform.platform(),
             "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,   # other work on the machine
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),   # e.g. single-threaded CPU (docs/uoro.md)
             "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
