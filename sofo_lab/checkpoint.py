@@ -180,11 +180,19 @@ def resume_payload(run_dir: Path, container: dict, quiet: bool = False):
     return saved
 
 
-def divergence(run_dir: Path, iteration: int, detail: str) -> RunFailed:
-    """The one line for a non-finite update or evaluation at ``iteration`` (updates counted from 1)."""
+def divergence(run_dir: Path, iteration: int, detail: str, optim=None) -> RunFailed:
+    """The one line for a non-finite update or evaluation at ``iteration`` (updates counted from 1);
+    ``optim`` (the run's optimizer config) makes the advice concrete: the values to lower."""
     kept = newest_valid(run_dir)
     kept = (f"the last good checkpoint {kept} is kept" if kept else "no checkpoint had been written yet")
-    err = RunFailed(f"{detail} at iteration {iteration}; stopped, {kept}; lower optim.lr or add optim.clip_norm")
+    optim = optim or {}
+    lr, clip = optim.get("lr"), optim.get("clip_norm")
+    advice = "lower optim.lr" + (f" (now {lr:g})" if isinstance(lr, (int, float)) else "")
+    if isinstance(clip, (int, float)):
+        advice += f" or optim.clip_norm (now {clip:g})"
+    else:
+        advice += " or add optim.clip_norm=1.0" if "clip_norm" in optim or not optim else ""
+    err = RunFailed(f"{detail} at iteration {iteration}; stopped, {kept}; {advice}")
     err.iteration = iteration
     return err
 

@@ -213,7 +213,8 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
                 durations.append(now - last_ready)
             last_ready = now
             if not m.pop("finite"):
-                raise checkpoint.divergence(run_dir, i + 1, f"non-finite loss or parameters (loss={m['loss']})")
+                raise checkpoint.divergence(run_dir, i + 1, f"non-finite loss or parameters (loss={m['loss']})",
+                                           cfg.get("optim"))
             done = i + 1
             bar.update(1)
             record = {}
@@ -231,7 +232,8 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
                     if wandb_logger:
                         wandb_logger.log(record)
             if not math.isfinite(record.get("eval/loss", 0.0)):   # a non-finite evaluation is a divergence
-                raise checkpoint.divergence(run_dir, done, f"non-finite held-out loss (eval/loss={record['eval/loss']})")
+                raise checkpoint.divergence(run_dir, done, f"non-finite held-out loss (eval/loss={record['eval/loss']})",
+                                           cfg.get("optim"))
             if done % cfg.checkpoint_every == 0 or done == iterations:
                 with clock.pause("checkpoint"):
                     checkpoint.save(run_dir, ts_after, container)

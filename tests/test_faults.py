@@ -298,6 +298,17 @@ def test_strict_json_has_no_nan():
     assert strict_json(data) == {"a": None, "b": [None, 1.5], "c": 3}
 
 
+def test_the_divergence_advice_names_the_runs_own_settings(tmp_path):
+    from sofo_lab.checkpoint import divergence
+
+    clipped = str(divergence(tmp_path, 7, "non-finite loss", {"lr": 0.3, "clip_norm": 1.0}))
+    assert clipped.endswith("at iteration 7; stopped, no checkpoint had been written yet; "
+                            "lower optim.lr (now 0.3) or optim.clip_norm (now 1)")
+    assert str(divergence(tmp_path, 7, "x", {"lr": 1e-2, "clip_norm": None})).endswith(
+        "lower optim.lr (now 0.01) or add optim.clip_norm=1.0")
+    assert str(divergence(tmp_path, 7, "x", {"lr": 1e-3})).endswith("lower optim.lr (now 0.001)")   # no clip key
+
+
 @pytest.mark.slow
 def test_a_non_finite_evaluation_is_a_divergence(tmp_path, monkeypatch):
     import jax.numpy as jnp
@@ -315,6 +326,7 @@ def test_a_non_finite_evaluation_is_a_divergence(tmp_path, monkeypatch):
     msg = str(err.value)
     assert "non-finite held-out loss" in msg and "at iteration 2;" in msg
     assert "no checkpoint had been written yet" in msg and "is kept" not in msg
+    assert msg.endswith(f"lower optim.lr (now {cfg.optim.lr:g}) or add optim.clip_norm=1.0")   # this run's values
     summary = strict((tmp_path / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["iterations"] == 2 and summary["error"] == msg
     rows = [strict(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
