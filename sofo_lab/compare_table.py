@@ -34,8 +34,9 @@ def parse_at(text: str | None) -> tuple[str, float] | None:
     return name, number
 
 
-def at_label(at) -> str:
-    return "final" if at is None else (f"at iteration {at[1]:g}" if at[0] == "iteration" else f"at {at[1]:g} s")
+def at_point(at) -> str:
+    """``("iteration", 10)`` -> "iteration 10", ``("seconds", 0.45)`` -> "0.45 s"."""
+    return f"iteration {at[1]:g}" if at[0] == "iteration" else f"{at[1]:g} s"
 
 
 def is_number(x) -> bool:
@@ -133,8 +134,7 @@ def _first_solved_cell(row) -> str:
 def markdown(rows: list[dict], metrics: list[str], refs: dict, title: str, at=None) -> str:
     """The table: ``metrics`` (the loss first) as final (or ``at``) mean ± s.d. columns, then the profile."""
     solved = bool(rows) and "solved_runs" in rows[0]
-    when = at_label(at)
-    head = (["configuration", "runs (seeds)"] + [f"{when} {m}" if at is None else f"{m} {when}" for m in metrics]
+    head = (["configuration", "runs (seeds)"] + [f"final {m}" if at is None else f"{m} at {at_point(at)}" for m in metrics]
             + (["solved (seeds)", "first solved at: iteration (training s)"] if solved else [])
             + [label for _, label, _ in PROFILE])
     lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -149,8 +149,8 @@ def markdown(rows: list[dict], metrics: list[str], refs: dict, title: str, at=No
             cells.append("–" if mean is None else _fmt(mean * scale, (sd or 0.0) * scale, row["n_runs"])
                          if key == "step_time_median_s" else f"{mean * scale:.4g}")
         lines.append("| " + " | ".join(cells) + " |")
-    read = ("completed runs' final evaluation" if at is None else
-            f"each run's last evaluation {'at or before ' + when[3:] if at[0] == 'iteration' else 'within ' + when[3:] + ' of training'}")
+    read = ("completed runs' final evaluation" if at is None else f"each run's last evaluation at or before "
+            f"{at_point(at)}" + (" of training" if at[0] == "seconds" else ""))
     lines += ["", f"Mean ± s.d. over the seeds of each configuration ({read}); "
               "time/iteration is the median step, training seconds exclude compilation, evaluation and "
               "checkpoints."]
@@ -165,7 +165,7 @@ def markdown(rows: list[dict], metrics: list[str], refs: dict, title: str, at=No
         if r["n_completed"] < r["n_runs"]:
             lines.append(f"{r['configuration']}: {r['status']}.")
         if r.get("ended_before"):
-            lines.append(f"{r['configuration']}: seeds {r['ended_before']} ended before {when[3:]}: "
+            lines.append(f"{r['configuration']}: seeds {r['ended_before']} ended before {at_point(at)}: "
                          "their last evaluation is read.")
     return "\n".join(lines) + "\n"
 
