@@ -121,7 +121,7 @@ def table_rows(groups, solved: bool = False, at=None) -> list[dict]:
         if solved:
             row.update(_solved_columns(g.runs, finals))
         if at is not None:
-            row["ended_before"] = " ".join(f"{r.seed} ({r.status})" for r in g.runs if ended_before(r, at))
+            row["ended_before"] = ", ".join(f"{r.seed} ({r.status})" for r in g.runs if ended_before(r, at))
         rows.append(row)
     return rows
 
@@ -165,8 +165,9 @@ def markdown(rows: list[dict], metrics: list[str], refs: dict, title: str, at=No
         if r["n_completed"] < r["n_runs"]:
             lines.append(f"{r['configuration']}: {r['status']}.")
         if r.get("ended_before"):
-            lines.append(f"{r['configuration']}: seeds {r['ended_before']} ended before {at_point(at)}: "
-                         "their last evaluation is read.")
+            many = "," in r["ended_before"]
+            lines.append(f"{r['configuration']}: seed{'s' if many else ''} {r['ended_before']} ended before "
+                         f"{at_point(at)}: {'their' if many else 'its'} last evaluation is read.")
     return "\n".join(lines) + "\n"
 
 

@@ -308,8 +308,8 @@ def test_compare_at_an_iteration_or_a_second_reads_every_run_there(tmp_path, cap
     rows = {r["configuration"]: r for r in written["rows"]}
     assert rows["optim=sofo"]["eval/within_1cm_mean"] == pytest.approx((0.9 + 0.85) / 2)
     assert rows["optim=adam"]["eval/within_1cm_mean"] == pytest.approx((0.4 + 0.3) / 2)
-    assert rows["optim=adam"]["ended_before"] == "0 (completed) 1 (diverged)"
-    assert "optim=adam: seeds 0 (completed) 1 (diverged) ended before 0.45 s: their last evaluation is read." in (
+    assert rows["optim=adam"]["ended_before"] == "0 (completed), 1 (diverged)"
+    assert "optim=adam: seeds 0 (completed), 1 (diverged) ended before 0.45 s: their last evaluation is read." in (
         sweep / "at045.md").read_text()
     compare.main([str(sweep), "--at", "seconds=0.45", "--out", str(tmp_path / "cli")])
     assert "eval/loss at 0.45 s" in capsys.readouterr().out
