@@ -190,8 +190,8 @@ def divergence(run_dir: Path, iteration: int, detail: str, optim=None) -> RunFai
     advice = "lower optim.lr" + (f" (now {lr:g})" if isinstance(lr, (int, float)) else "")
     if isinstance(clip, (int, float)):
         advice += f" or optim.clip_norm (now {clip:g})"
-    else:
-        advice += " or add optim.clip_norm=1.0" if "clip_norm" in optim or not optim else ""
+    elif "clip_norm" in optim or not optim:   # an optimizer without the key cannot clip
+        advice += " or add optim.clip_norm=1.0"
     err = RunFailed(f"{detail} at iteration {iteration}; stopped, {kept}; {advice}")
     err.iteration = iteration
     return err
