@@ -3,7 +3,7 @@ LSTM-64, one stream, 10⁷ characters per run; UORO vs TBPTT-1 vs TBPTT-16 (Tall
 ICLR 2018, §6; docs/uoro.md).
 
 Every run is ``sofo-run experiment=<task>_uoro model=<model> [optim=tbptt optim.truncation=k]``
-(Adam, lr_t = 1e-3/(1+0.015√t), t = characters; windows of 320 characters per dispatch; metrics at
+(Adam, lr_t = 1e-3/(1+0.015√t), t = characters; windows of 320 characters, 10 per call; metrics at
 ×1.01 steps). Runs are ordered seed-major (seed 0 of every model/task first, GRU before LSTM), each
 in its own run directory under ``--run-root`` so a killed benchmark resumes every run from its last
 checkpoint; each finished run writes ``<out-dir>/<task>-<model>-<method>-s<seed>.json`` (final
@@ -31,7 +31,8 @@ from bench_common import machine, write_json  # noqa: E402
 METHODS = {"uoro": [], "tbptt-1": ["optim=tbptt", "optim.truncation=1"],
            "tbptt-16": ["optim=tbptt", "optim.truncation=16"]}
 COLORS = {"uoro": "tab:red", "tbptt-1": "tab:blue", "tbptt-16": "tab:green"}
-WINDOW = 320   # characters per dispatch (conf/experiment/<task>_uoro.yaml)
+WINDOW = 320   # characters per window (conf/experiment/<task>_uoro.yaml)
+DISPATCH = 10  # windows per call (steps_per_dispatch in the same presets)
 MARKS = (10**5, 10**6, 3 * 10**6, 10**7)   # the table's columns (characters)
 # The level below which a method has learned the long dependency (research/uoro_spec.md §4.4-4.5):
 # aⁿbⁿ below "forgets n" counts; brackets below "no memory" carries the bracket.
@@ -82,44 +83,55 @@ def compose_run(overrides):
         return compose("config", overrides=overrides)
 
 
-def host_overhead(task="anbn", model="gru", method="uoro", windows=(32, WINDOW), chars=64_000, repeats=3):
-    """Per-iteration host overhead of the runner on a stream: ``train``'s loop time (metrics read
-    every iteration, geometric log, progress bookkeeping) against the same number of calls of
-    the jitted step alone, dispatched back to back. Returns one row per window length."""
+def host_overhead(task="anbn", model="gru", method="uoro", windows=(32, WINDOW), dispatches=(1, DISPATCH),
+                  chars=64_000, repeats=3):
+    """Per-iteration host overhead of the runner on a stream, for each window length and number of
+    windows per call (``steps_per_dispatch``): ``train``'s loop time (metrics read every iteration,
+    geometric log, progress bookkeeping) against the same calls of the jitted function alone,
+    dispatched back to back (``call_ms``), and against single windows back to back (``step_ms``).
+    Returns one row per (window, steps per call)."""
     import tempfile
 
     import jax
 
     from sofo_lab.assemble import build
-    from sofo_lab.runner import init_train_state, make_train_step, train
+    from sofo_lab.runner import init_train_state, make_train_step, make_train_steps, train
 
     rows = []
     for window in windows:
-        iterations = chars // window
-        overrides = [f"experiment={task}_uoro", f"model={model}", *METHODS[method], f"task.n_steps={window}",
-                     f"iterations={iterations}", "logger=none", "progress=false", "plots=false",
-                     f"checkpoint_every={iterations}"]
-        cfg = compose_run(overrides)
-        setup = build(cfg)
-        step = jax.jit(make_train_step(setup, cfg.seed, cfg.batch_size))
-        pure, loop = float("inf"), float("inf")
-        for _ in range(repeats):   # interleaved, minimum kept: the machine is shared
-            ts = init_train_state(setup, cfg.seed, cfg.batch_size)
-            jax.block_until_ready(step(ts))
-            t0 = time.perf_counter()
-            for _ in range(iterations):
-                ts, _ = step(ts)
-            jax.block_until_ready(ts)
-            pure = min(pure, time.perf_counter() - t0)
-            with tempfile.TemporaryDirectory() as tmp:
-                prof = train(cfg, Path(tmp))["profile"]   # the loop's wall: training clock + its pauses
-                loop = min(loop, prof["train_time_s"] + sum(prof.get(f"{k}_time_s") or 0.0
-                                                            for k in ("log", "checkpoint", "eval")))
-        rows.append({"task": task, "model": model, "method": method, "window": window, "iterations": iterations,
-                     "step_ms": 1e3 * pure / iterations, "runner_ms": 1e3 * loop / iterations,
-                     "host_overhead_fraction": (loop - pure) / loop})
-        print(f"window {window:4d}: step {rows[-1]['step_ms']:.3f} ms, runner {rows[-1]['runner_ms']:.3f} ms per "
-              f"iteration: host overhead {100 * rows[-1]['host_overhead_fraction']:.1f} %", flush=True)
+        for n in dispatches:
+            iterations = chars // window // n * n
+            overrides = [f"experiment={task}_uoro", f"model={model}", *METHODS[method], f"task.n_steps={window}",
+                         f"iterations={iterations}", f"steps_per_dispatch={n}", "logger=none", "progress=false",
+                         "plots=false", f"checkpoint_every={iterations}"]
+            cfg = compose_run(overrides)
+            setup = build(cfg)
+            fns = {1: jax.jit(make_train_step(setup, cfg.seed, cfg.batch_size))}
+            fns[n] = jax.jit(make_train_steps(setup, cfg.seed, cfg.batch_size, n)) if n > 1 else fns[1]
+            best = {"step": float("inf"), "call": float("inf"), "loop": float("inf")}
+            for _ in range(repeats):   # interleaved, minimum kept: the machine is shared
+                for name, k in (("step", 1), ("call", n)):
+                    ts = init_train_state(setup, cfg.seed, cfg.batch_size)
+                    jax.block_until_ready(fns[k](ts))
+                    t0 = time.perf_counter()
+                    for _ in range(iterations // k):
+                        ts, _ = fns[k](ts)
+                    jax.block_until_ready(ts)
+                    best[name] = min(best[name], time.perf_counter() - t0)
+                with tempfile.TemporaryDirectory() as tmp:
+                    prof = train(cfg, Path(tmp))["profile"]   # the loop's wall: training clock + its pauses
+                    best["loop"] = min(best["loop"], prof["train_time_s"] + sum(
+                        prof.get(f"{k}_time_s") or 0.0 for k in ("log", "checkpoint", "eval")))
+            row = {"task": task, "model": model, "method": method, "window": window, "steps_per_dispatch": n,
+                   "iterations": iterations, **{f"{k}_ms": 1e3 * v / iterations for k, v in best.items()}}
+            row["runner_ms"] = row.pop("loop_ms")
+            row["host_overhead_fraction"] = (best["loop"] - best["call"]) / best["loop"]
+            row["over_single_steps_fraction"] = (best["loop"] - best["step"]) / best["loop"]
+            rows.append(row)
+            print(f"window {window:4d} x {n:2d} per call: step {row['step_ms']:.3f} ms, call {row['call_ms']:.3f} ms, "
+                  f"runner {row['runner_ms']:.3f} ms per iteration: host overhead "
+                  f"{100 * row['host_overhead_fraction']:.1f} % of the calls, "
+                  f"{100 * row['over_single_steps_fraction']:.1f} % over single windows back to back", flush=True)
     return rows
 
 
@@ -295,7 +307,8 @@ def main(argv=None):
     ap.add_argument("--plot-only", action="store_true")
     ap.add_argument("--include-running", action="store_true", help="--plot-only: add the runs still in progress")
     ap.add_argument("--overhead", action="store_true",
-                    help="measure the runner's per-iteration host overhead (windows of 32 and 320 characters)")
+                    help="measure the runner's per-iteration host overhead (windows of 32 and 320 characters, "
+                         "1 and 10 per call)")
     args = ap.parse_args(argv)
     out_dir, run_root = Path(args.out_dir), Path(args.run_root)
     figure = out_dir.with_suffix(".png")

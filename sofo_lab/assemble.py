@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sofo_lab.errors import ConfigError
 
-RUN_INTS = ("iterations", "batch_size", "log_every", "eval_every", "checkpoint_every")
+RUN_INTS = ("iterations", "batch_size", "log_every", "eval_every", "checkpoint_every", "steps_per_dispatch")
 # A discrete-time model (GRU, LSTM) steps once per task step: it needs no dt or time constant,
 # so dropping these task settings changes nothing the task defines and goes unannounced.
 TIME_SETTINGS = ("dt", "tau")

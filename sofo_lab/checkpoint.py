@@ -38,7 +38,8 @@ PARAMS_NPZ = "params.npz"    # next to last.pkl: the parameters alone, for numpy
 _TRAILER = b"\n#sha256="   # + 64 hex digits + b"\n" after the pickle
 _TRAILER_LEN = len(_TRAILER) + 65
 # Keys that do not change what a run computes; a resumed run may change them.
-_NOT_HASHED = ("logger", "checkpoint_every", "log_every", "resume", "progress", "plots", "hydra")
+_NOT_HASHED = ("logger", "checkpoint_every", "log_every", "resume", "progress", "plots", "hydra",
+               "steps_per_dispatch")
 
 
 def config_fingerprint(cfg: dict) -> dict:

@@ -1,4 +1,5 @@
-"""The training loop: one jitted update per iteration, everything else on the host.
+"""The training loop: one jitted update per iteration (or ``steps_per_dispatch`` of them in one
+call), everything else on the host.
 
 Inside jit: derive the iteration's key from (seed, iteration), sample the batch (and the
 dynamics noise), run the optimizer's update. Outside: progress bar, metrics read one step
@@ -111,6 +112,19 @@ def make_train_step(setup: Setup, seed: int, batch_size: int):
     return train_step
 
 
+def make_train_steps(setup: Setup, seed: int, batch_size: int, n: int):
+    """``n`` updates in one call: a ``lax.scan`` of :func:`make_train_step`, each update's metrics
+    stacked along a leading axis of length n. The updates are the same (keys come from the
+    iteration count in the state); only the host work per call (dispatch, reading the metrics) is
+    shared by n updates, which is what a stream of short windows needs (docs/uoro.md)."""
+    step = make_train_step(setup, seed, batch_size)
+
+    def train_steps(ts: TrainState):
+        return jax.lax.scan(lambda state, _: step(state), ts, length=n)
+
+    return train_steps
+
+
 def make_eval(setup: Setup, seed: int, batch_size: int):
     """A jitted evaluation on a fixed held-out batch, or None when the task has none."""
     task, system = setup.task, setup.system
@@ -127,6 +141,14 @@ def make_eval(setup: Setup, seed: int, batch_size: int):
         return {"loss": losses.sum(), **task.evaluate(batch, ys)}, ys
 
     return evaluate, batch
+
+
+def _call_starts(start: int, iterations: int, call_length):
+    """The update counts at which each call starts, from ``start`` up to ``iterations``."""
+    i = start
+    while i < iterations:
+        yield i
+        i += call_length(i)
 
 
 def log_due(done: int, log_every: int, geometric: float | None = None) -> bool:
@@ -174,18 +196,33 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
     status, error = "completed", None
     stop = preemption.StopSignals()   # SIGTERM/USR1/USR2 (SLURM): checkpoint, then hand the signal on
     try:
-        step = make_train_step(setup, cfg.seed, B)
-        compiled, lower_s, compile_s = profiling.compile_timed(step, ts)
-        resources.check_compiled(cfg, profiling.compiled_memory_bytes(compiled), estimate)
         evaluate, eval_batch = make_eval(setup, cfg.seed, setup.eval_batch_size)
-        profile = {"n_params": count_params(ts.params), "lower_s": lower_s, "compile_s": compile_s,
-                   "step_memory_bytes": profiling.compiled_memory_bytes(compiled),
-                   "flops": profiling.compiled_flops(compiled)}
         start = int(ts.iteration)
+        chunk = cfg.get("steps_per_dispatch", 1)
+        marks = [cfg.checkpoint_every] + ([cfg.eval_every] if evaluate is not None else [])
+
+        def call_length(i):   # updates in the call after update i: a whole chunk if no pause falls inside
+            nxt = min([iterations] + [(i // m + 1) * m for m in marks])
+            return chunk if nxt - i >= chunk else 1
+
+        calls = {}   # updates per call -> compiled function
+        step = make_train_step(setup, cfg.seed, B)
+        if chunk == 1 or any(call_length(i) == 1 for i in _call_starts(start, iterations, call_length)):
+            calls[1] = profiling.compile_timed(step, ts)
+        if chunk > 1:
+            calls[chunk] = profiling.compile_timed(make_train_steps(setup, cfg.seed, B, chunk), ts)
+        compiled = calls[min(calls)][0]   # one update: the step the profile describes
+        resources.check_compiled(cfg, profiling.compiled_memory_bytes(calls[max(calls)][0]), estimate)
+        profile = {"n_params": count_params(ts.params), "steps_per_dispatch": chunk,
+                   "lower_s": sum(c[1] for c in calls.values()), "compile_s": sum(c[2] for c in calls.values()),
+                   "step_memory_bytes": profiling.compiled_memory_bytes(calls[max(calls)][0]),
+                   "flops": profiling.compiled_flops(compiled) if 1 in calls else None}
+        calls = {n: c[0] for n, c in calls.items()}
         if resumed_from is not None:
             print(f"Resuming {run_dir} from iteration {start}", file=sys.stderr)
-        t0 = time.perf_counter()   # a first, discarded update: its one-off runtime set-up stays out of time_s
-        jax.block_until_ready(compiled(ts))
+        t0 = time.perf_counter()   # a first, discarded call of each: its one-off runtime set-up stays out of time_s
+        for fn in calls.values():
+            jax.block_until_ready(fn(ts))
         profile["first_step_s"] = time.perf_counter() - t0
         if evaluate is not None:   # compiled here so that no evaluation's compilation lands in time_s
             t0 = time.perf_counter()
@@ -205,13 +242,19 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
                    disable=not cfg.get("progress", True), dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
         pending, last_ready = None, None
 
-        def handle(i, metrics, ts_after):
+        def handle(i, n, metrics, ts_after):   # the n updates after update i, read back
             nonlocal last_ready
-            m = _host(metrics)
-            now = clock.now()
-            if last_ready is not None:   # on the training clock: pauses are not in it
-                durations.append(now - last_ready)
+            host = _host(metrics)
+            now, before = clock.now(), last_ready
+            if before is not None:   # on the training clock: pauses are not in it
+                durations.append((now - before) / n)
             last_ready = now
+            for j in range(n):   # a call's updates share its time evenly
+                row = host if n == 1 else {k: (v[j].item() if np.ndim(v) == 1 else v[j]) for k, v in host.items()}
+                at = now if before is None else before + (now - before) * (j + 1) / n
+                handle_update(i + j, row, ts_after if j == n - 1 else None, at)
+
+        def handle_update(i, m, ts_after, now):   # ts_after: the state after update i, at the end of a call
             if not m.pop("finite"):
                 raise checkpoint.divergence(run_dir, i + 1, f"non-finite loss or parameters (loss={m['loss']})",
                                            cfg.get("optim"))
@@ -243,14 +286,15 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
                     or (evaluate is not None and done % cfg.eval_every == 0))
 
         stop.install()
-        for i in range(start, iterations):
-            if pending is not None and pauses(pending[0] + 1):
+        for i in _call_starts(start, iterations, call_length):
+            if pending is not None and pauses(pending[0] + pending[1]):
                 handle(*pending)   # nothing in flight while it evaluates or checkpoints: time_s stays honest
                 pending = None
-            new_ts, metrics = compiled(ts)
+            n = call_length(i)
+            new_ts, metrics = calls[n](ts)
             if pending is not None:
                 handle(*pending)
-            pending, ts = (i, metrics, new_ts), new_ts
+            pending, ts = (i, n, metrics, new_ts), new_ts
             if stop.requested:
                 handle(*pending)
                 pending = None

@@ -3,6 +3,7 @@ stream, online scores, reference entropy rates, every optimizer on a stream, res
 import json
 import math
 import pickle
+import shutil
 
 import jax
 import numpy as np
@@ -137,6 +138,45 @@ def test_resumed_stream_continues_the_same_stream_and_estimator(tmp_path):
                       for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows("full")] == [1, 2, 3, 4, 6]
     assert rows("resumed") == [r for r in rows("full") if r["iteration"] > 3]
+
+
+@pytest.mark.parametrize("task", ["brackets", "reach"])
+def test_several_updates_per_call_are_the_same_run(tmp_path, task):
+    """``steps_per_dispatch=3`` (a scan of 3 updates per call, single updates where a checkpoint or
+    an evaluation falls inside a call) logs the same rows and ends in the same state as one update
+    per call; a run resumed with a different value continues (the key is not in the config hash)."""
+    if task == "reach":
+        args = ["task=reach", "task.n_steps=12", "model.n_hidden=6", "batch_size=2", "optim=adam",
+                "logger=none", "progress=false", "plots=false", "log_every=1"]
+    else:
+        args = ["task=brackets", "optim=uoro", *TINY_STREAM]
+    args += ["iterations=8", "checkpoint_every=5", "eval_every=4"]
+    one = train(compose_config([*args, "steps_per_dispatch=1"]), tmp_path / "one")
+    three = train(compose_config([*args, "steps_per_dispatch=3"]), tmp_path / "three")
+    assert one["profile"]["steps_per_dispatch"] == 1 and three["profile"]["steps_per_dispatch"] == 3
+    rows = lambda d: [{k: v for k, v in json.loads(x).items() if k != "time_s"}
+                      for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows("one")) >= 8 and [r["iteration"] for r in rows("three")] == [r["iteration"] for r in rows("one")]
+    for a, b in zip(rows("one"), rows("three")):
+        assert a.keys() == b.keys()
+        np.testing.assert_allclose([a[k] for k in sorted(a)], [b[k] for k in sorted(b)], rtol=1e-5, atol=1e-7)
+    times = [json.loads(x)["time_s"] for x in (tmp_path / "three" / "metrics.jsonl").read_text().splitlines()]
+    assert times == sorted(times)
+    states = {}
+    for d in ("one", "three"):
+        with open(tmp_path / d / checkpoint.CHECKPOINT, "rb") as f:
+            states[d] = pickle.load(f)["state"]
+    assert int(states["three"].iteration) == 8
+    for x, y in zip(jax.tree.leaves(states["one"]), jax.tree.leaves(states["three"])):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    # resumed from the checkpoint at 5 (kept as prev.pkl) with 3 updates per call: 6-8 in one call
+    with open(tmp_path / "one" / checkpoint.PREVIOUS, "rb") as f:
+        assert int(pickle.load(f)["state"].iteration) == 5
+    (tmp_path / "resumed" / checkpoint.CHECKPOINT).parent.mkdir(parents=True)
+    shutil.copy(tmp_path / "one" / checkpoint.PREVIOUS, tmp_path / "resumed" / checkpoint.CHECKPOINT)
+    resumed = train(compose_config([*args, "steps_per_dispatch=3"]), tmp_path / "resumed")
+    assert resumed["resumed_from"] == 5
+    np.testing.assert_allclose(resumed["final"]["train/loss"], one["final"]["train/loss"], rtol=1e-5)
 
 
 def test_geometric_logging_keeps_a_long_stream_small():
