@@ -1,15 +1,27 @@
 """Shared fixtures: compose configs through Hydra's compose API, tiny run sizes."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-import pytest
-from hydra import compose, initialize_config_dir
+# One persistent XLA compilation cache for the whole session, set before JAX is imported: every
+# xdist worker and every sofo-run subprocess inherits it, and the suite compiles the same tiny
+# steps in many tests (cold, a tiny run is ~2/3 compilation).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="sofo-lab-tests-jax-cache-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-from sofo_lab.cli import CONF_DIR
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from sofo_lab.cli import CONF_DIR  # noqa: E402
 
 # Tiny sizes: enough to exercise every code path in seconds on 2 cores.
 TINY = ["iterations=3", "batch_size=4", "task.n_steps=12", "model.n_hidden=8", "logger=none",

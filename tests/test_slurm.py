@@ -60,14 +60,6 @@ def slurm_cluster():
     assert r.returncode == 0 and _cluster_up(), f"local SLURM cluster did not start:\n{r.stdout}\n{r.stderr}"
 
 
-@pytest.fixture(scope="module")
-def _compilation_cache(tmp_path_factory):
-    """Jobs inherit the environment (sbatch --export=ALL): the same steps compile once."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-        yield
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -97,7 +89,7 @@ def _params(run_dir: Path):
 
 
 @pytest.mark.slow
-def test_slurm_sweep_requeued_runs_resume_and_match(tmp_path, slurm_cluster, _compilation_cache):
+def test_slurm_sweep_requeued_runs_resume_and_match(tmp_path, slurm_cluster):
     sweep = tmp_path / "sweep"
     submit = subprocess.run(["bash", str(ROOT / "scripts" / "slurm" / "submit.sh"), "--sweep-dir", str(sweep),
                              *SLURM[1:], *LONG, "seed=0,1"], cwd=tmp_path, capture_output=True, text=True,
@@ -192,7 +184,7 @@ def test_a_job_slurm_can_never_start_is_cancelled_in_one_line(tmp_path, slurm_cl
 
 
 @pytest.mark.slow
-def test_a_sweep_of_the_users_own_task_runs_on_slurm(tmp_path, slurm_cluster, _compilation_cache):
+def test_a_sweep_of_the_users_own_task_runs_on_slurm(tmp_path, slurm_cluster):
     """docs/library.md's flip-flop task from a directory outside the repository: the SLURM jobs
     import the user's module (sofo-run hands them the working directory on PYTHONPATH)."""
     from tests.test_custom_task import files as custom_task_files

@@ -22,14 +22,6 @@ SMALL = ["task=kalman", "model=rnn", "optim=adam", "iterations=3", "batch_size=4
          "model.n_hidden=8", "progress=false", "plots=false"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _compilation_cache(tmp_path_factory):
-    """One persistent XLA cache for this module's subprocesses: the same tiny steps compile once."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_COMPILATION_CACHE_DIR", str(tmp_path_factory.mktemp("jax_cache")))
-        yield
-
-
 def _table(sweep_dir: Path):
     data = json.loads((sweep_dir / "sweep_summary.json").read_text())
     with open(sweep_dir / "sweep_summary.csv") as f:
