@@ -84,7 +84,7 @@ def compose_run(overrides):
 
 
 def host_overhead(task="anbn", model="gru", method="uoro", windows=(32, WINDOW), dispatches=(1, DISPATCH),
-                  chars=64_000, repeats=3):
+                  chars=64_000, repeats=5):
     """Per-iteration host overhead of the runner on a stream, for each window length and number of
     windows per call (``steps_per_dispatch``): ``train``'s loop time (metrics read every iteration,
     geometric log, progress bookkeeping) against the same calls of the jitted function alone,
