@@ -13,6 +13,7 @@ import contextlib
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -207,18 +208,19 @@ def train(cfg: DictConfig, run_dir: Path, choices: dict | None = None) -> dict:
             nxt = min([iterations] + [(i // m + 1) * m for m in marks])
             return chunk if nxt - i >= chunk else 1
 
-        calls = {}   # updates per call -> compiled function
-        step = make_train_step(setup, cfg.seed, B)
-        if chunk == 1 or any(call_length(i) == 1 for i in _call_starts(start, iterations, call_length)):
-            calls[1] = profiling.compile_timed(step, ts)
-        if chunk > 1:
-            calls[chunk] = profiling.compile_timed(make_train_steps(setup, cfg.seed, B, chunk), ts)
-        compiled = calls[min(calls)][0]   # one update: the step the profile describes
-        resources.check_compiled(cfg, profiling.compiled_memory_bytes(calls[max(calls)][0]), estimate)
+        lengths = {call_length(i) for i in _call_starts(start, iterations, call_length)} or {1}
+        if chunk > 1 and chunk not in lengths:
+            warnings.warn(f"steps_per_dispatch={chunk} is never used: a checkpoint or evaluation falls inside every "
+                         f"call (checkpoint_every={checkpoint_every}, eval_every={eval_every}); make them multiples of it")
+        # updates per call -> (compiled, lower s, compile s), only the lengths the schedule uses
+        calls = {n: profiling.compile_timed(make_train_steps(setup, cfg.seed, B, n) if n > 1
+                                            else make_train_step(setup, cfg.seed, B), ts) for n in sorted(lengths)}
+        memory = profiling.compiled_memory_bytes(calls[max(calls)][0])
+        resources.check_compiled(cfg, memory, estimate)
         profile = {"n_params": count_params(ts.params), "steps_per_dispatch": chunk,
                    "lower_s": sum(c[1] for c in calls.values()), "compile_s": sum(c[2] for c in calls.values()),
-                   "step_memory_bytes": profiling.compiled_memory_bytes(calls[max(calls)][0]),
-                   "flops": profiling.compiled_flops(compiled) if 1 in calls else None}
+                   "step_memory_bytes": memory,   # XLA counts a scan body once: flops of one update only
+                   "flops": profiling.compiled_flops(calls[1][0]) if 1 in calls else None}
         calls = {n: c[0] for n, c in calls.items()}
         if resumed_from is not None:
             print(f"Resuming {run_dir} from iteration {start}", file=sys.stderr)
