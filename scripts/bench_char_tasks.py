@@ -30,7 +30,7 @@ METHODS = {"uoro": ["optim=uoro"], "tbptt-1": ["optim=tbptt", "optim.truncation=
 def run(overrides, run_dir):
     from hydra import compose, initialize_config_dir
 
-    from sofo_lab.cli import CONF_DIR
+    from sofo_lab.conf import CONF_DIR
     from sofo_lab.errors import RunFailed
     from sofo_lab.runner import train
 

@@ -35,7 +35,7 @@ def machine() -> dict:
 def compose(overrides):
     from hydra import compose as hydra_compose, initialize_config_dir
 
-    from sofo_lab.cli import CONF_DIR
+    from sofo_lab.conf import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return hydra_compose("config", overrides=list(overrides))

@@ -20,7 +20,7 @@ from bench_common import machine, write_json  # noqa: E402
 def run(overrides, run_dir):
     from hydra import compose, initialize_config_dir
 
-    from sofo_lab.cli import CONF_DIR
+    from sofo_lab.conf import CONF_DIR
     from sofo_lab.errors import RunFailed
     from sofo_lab.runner import train
 

@@ -42,7 +42,7 @@ MEMORY_LEVEL = {"anbn": "forget_n", "brackets": "no_memory"}
 def run_one(task, model, method, seed, chars, run_dir, quick):
     from hydra import compose, initialize_config_dir
 
-    from sofo_lab.cli import CONF_DIR
+    from sofo_lab.conf import CONF_DIR
     from sofo_lab.errors import RunFailed
     from sofo_lab.runner import train
 
@@ -77,7 +77,7 @@ def run_one(task, model, method, seed, chars, run_dir, quick):
 def compose_run(overrides):
     from hydra import compose, initialize_config_dir
 
-    from sofo_lab.cli import CONF_DIR
+    from sofo_lab.conf import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("config", overrides=overrides)

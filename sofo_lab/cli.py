@@ -21,19 +21,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sofo_lab import console, per_optim, rundir
+from sofo_lab.conf import CONF_DIR
 from sofo_lab.errors import ConfigError, RunFailed
 
-
-def config_dir() -> str:
-    """conf/ inside the installed package, or the repository's conf/ for editable installs."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "conf", here.parent / "conf"):
-        if (candidate / "config.yaml").is_file():
-            return str(candidate)
-    raise FileNotFoundError(f"sofo-run cannot find its conf/ directory next to {here}; reinstall the package")
-
-
-CONF_DIR = config_dir()
 GROUPS = ("task", "model", "optim", "logger", "experiment")   # the groups `sofo-run --help` is about
 _exit_code = 0
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from sofo_lab.conf import CONF_DIR
+
 WIDTH = 100
 SHOWN_GROUPS = ("task", "model", "optim", "logger", "experiment", "cluster", "local", "hydra/launcher")
 KEY_GROUPS = ("task", "model", "optim")
@@ -131,8 +133,6 @@ def _rows(rows: list[tuple[str, str]], indent: int = 2) -> list[str]:
 def _compose(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from sofo_lab.cli import CONF_DIR
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides, return_hydra_config=True)

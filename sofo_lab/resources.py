@@ -22,6 +22,7 @@ from pathlib import Path
 import jax
 from omegaconf import OmegaConf
 
+from sofo_lab.conf import CONF_DIR
 from sofo_lab.errors import ConfigError
 
 # The keys that set a run's size, with where their defaults live (conf/<file>).
@@ -96,8 +97,6 @@ def shape_estimate(setup, cfg) -> dict[str, int]:
 
 def culprit(cfg) -> str:
     """The size key furthest above its default (the likeliest one to lower)."""
-    from sofo_lab.cli import CONF_DIR
-
     best, best_ratio = "batch_size", 0.0
     for key, group in SIZE_KEYS.items():
         value = OmegaConf.select(cfg, key, default=None)

@@ -21,7 +21,7 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 
-from sofo_lab.cli import CONF_DIR  # noqa: E402
+from sofo_lab.conf import CONF_DIR  # noqa: E402
 
 # Tiny sizes: enough to exercise every code path in seconds on 2 cores.
 TINY = ["iterations=3", "batch_size=4", "task.n_steps=12", "model.n_hidden=8", "logger=none",

@@ -44,7 +44,7 @@ def _signature_defaults(obj):
 def test_yaml_defaults_agree_with_the_class_signatures(group):
     # Tasks and models are also called directly by library users, so their signatures keep
     # defaults; the YAML is the CLI's source of truth and may not drift from them.
-    from sofo_lab.cli import CONF_DIR
+    from sofo_lab.conf import CONF_DIR
 
     for name in options(group):   # the file itself: presets such as conf/tuned/ may change a composed value
         node = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/{group}/{name}.yaml"))
@@ -57,7 +57,7 @@ def test_yaml_defaults_agree_with_the_class_signatures(group):
 
 
 def test_defaults_order_puts_self_first():
-    defaults = OmegaConf.load(f"{__import__('sofo_lab.cli').cli.CONF_DIR}/config.yaml").defaults
+    defaults = OmegaConf.load(f"{__import__('sofo_lab.conf').conf.CONF_DIR}/config.yaml").defaults
     assert defaults[0] == "_self_"
 
 
@@ -92,7 +92,7 @@ def _leaves(d: dict, prefix: str = ""):
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_preset_holds_only_deltas(experiment):
     # A preset names its groups and then only the values that differ from those groups' defaults.
-    from sofo_lab.cli import CONF_DIR
+    from sofo_lab.conf import CONF_DIR
 
     raw = OmegaConf.to_container(OmegaConf.load(f"{CONF_DIR}/experiment/{experiment}.yaml"))
     groups = [f"experiment={entry}" if isinstance(entry, str) else   # a preset on top of another preset
