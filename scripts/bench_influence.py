@@ -21,7 +21,7 @@ def run(overrides, run_dir):
     from hydra import compose, initialize_config_dir
 
     from sofo_lab.conf import CONF_DIR
-    from sofo_lab.errors import RunFailed
+    from sofo_lab.core.errors import RunFailed
     from sofo_lab.runner import train
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):

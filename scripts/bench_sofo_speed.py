@@ -34,12 +34,12 @@ import numpy as np  # noqa: E402
 import optax  # noqa: E402
 
 from bench_common import machine  # noqa: E402
-from sofo_lab.losses import MeanSquaredError  # noqa: E402
+from sofo_lab.core.losses import MeanSquaredError  # noqa: E402
+from sofo_lab.core.system import Batch, ModelSystem, rollout  # noqa: E402
 from sofo_lab.models import RateRNN  # noqa: E402
 from sofo_lab.optim import _forward  # noqa: E402
 from sofo_lab.optim.bptt import bptt  # noqa: E402
 from sofo_lab.optim.sofo import sofo  # noqa: E402
-from sofo_lab.system import Batch, ModelSystem, rollout  # noqa: E402
 
 
 def vmap_of_jvp_update(system, n_tangents: int, damping: float, lr: float):

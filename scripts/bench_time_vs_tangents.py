@@ -54,7 +54,7 @@ def setup_for(base: list[str], optim: list[str], batch: int):
 def forward_step(setup, seed: int, batch: int):
     import jax
 
-    from sofo_lab.system import rollout
+    from sofo_lab.core.system import rollout
 
     task, system = setup.task, setup.system
     key = jax.random.fold_in(jax.random.PRNGKey(seed), 1)

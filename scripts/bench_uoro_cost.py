@@ -29,14 +29,14 @@ import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
 from bench_common import machine, write_json  # noqa: E402
-from sofo_lab.losses import SoftmaxCrossEntropy  # noqa: E402
+from sofo_lab.core.losses import SoftmaxCrossEntropy  # noqa: E402
+from sofo_lab.core.system import Batch, ModelSystem, rollout  # noqa: E402
+from sofo_lab.core.tree import count_params  # noqa: E402
 from sofo_lab.models import GRU, LSTM, RateRNN  # noqa: E402
 from sofo_lab.optim.bptt import bptt  # noqa: E402
 from sofo_lab.optim.tbptt import tbptt  # noqa: E402
 from sofo_lab.optim.uoro import uoro  # noqa: E402
 from sofo_lab.profiling import compiled_flops  # noqa: E402
-from sofo_lab.system import Batch, ModelSystem, rollout  # noqa: E402
-from sofo_lab.tree import count_params  # noqa: E402
 
 MODELS = {"rnn": lambda V, N: RateRNN(V, V, n_hidden=N, nonlinearity="tanh"),
           "gru": lambda V, N: GRU(V, V, n_hidden=N), "lstm": lambda V, N: LSTM(V, V, n_hidden=N)}

@@ -43,7 +43,7 @@ def run_one(task, model, method, seed, chars, run_dir, quick):
     from hydra import compose, initialize_config_dir
 
     from sofo_lab.conf import CONF_DIR
-    from sofo_lab.errors import RunFailed
+    from sofo_lab.core.errors import RunFailed
     from sofo_lab.runner import train
 
     window = 16 if quick else WINDOW

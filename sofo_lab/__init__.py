@@ -18,14 +18,14 @@ _WHERE = {
     "value_and_sofo_direction": "library", "value_and_fgd_direction": "library",
     "RecurrentOptimizer": "library", "RecurrentOptState": "library",
     "make_system": "library", "make_batch": "library",
-    # per-step losses (sofo_lab/losses.py)
-    "MeanSquaredError": "losses", "SoftmaxCrossEntropy": "losses", "PerSampleLoss": "losses",
-    # running a system (sofo_lab/system.py)
-    "Batch": "system", "StepInput": "system", "Trajectory": "system", "simulate": "system",
-    "rollout": "system",
+    # per-step losses (sofo_lab/core/losses.py)
+    "MeanSquaredError": "core.losses", "SoftmaxCrossEntropy": "core.losses", "PerSampleLoss": "core.losses",
+    # running a system (sofo_lab/core/system.py)
+    "Batch": "core.system", "StepInput": "core.system", "Trajectory": "core.system", "simulate": "core.system",
+    "rollout": "core.system",
     # trained runs as data (sofo_lab/runs.py, sofo_lab/checkpoint.py)
     "Run": "runs", "load_run": "runs", "save_params_npz": "checkpoint", "load_params_npz": "checkpoint",
-    "ConfigError": "errors",
+    "ConfigError": "core.errors",
 }
 
 __all__ = ["__version__", *sorted(_WHERE)]

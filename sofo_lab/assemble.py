@@ -22,7 +22,7 @@ from typing import Any, NamedTuple
 
 from omegaconf import DictConfig, OmegaConf
 
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.errors import ConfigError
 
 RUN_INTS = ("iterations", "batch_size", "log_every", "eval_every", "checkpoint_every", "steps_per_dispatch")
 # A discrete-time model (GRU, LSTM) steps once per task step: it needs no dt or time constant,

@@ -29,7 +29,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from sofo_lab.errors import ConfigError, RunFailed
+from sofo_lab.core.errors import ConfigError, RunFailed
 from sofo_lab.rundir import write_atomic
 
 CHECKPOINT = "checkpoints/last.pkl"

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sofo_lab import console, per_optim, rundir
 from sofo_lab.conf import CONF_DIR
-from sofo_lab.errors import ConfigError, RunFailed
+from sofo_lab.core.errors import ConfigError, RunFailed
 
 GROUPS = ("task", "model", "optim", "logger", "experiment")   # the groups `sofo-run --help` is about
 _exit_code = 0

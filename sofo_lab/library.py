@@ -17,7 +17,7 @@ pure, jit-able functions in the style of optax::
 ``opt_state``: consecutive windows of B endless streams. ``value_and_sofo_direction`` and
 ``value_and_fgd_direction`` return the step as a direction ``(loss, direction, info)`` for any
 optax chain. This module only adapts plain functions to the engines' system/loss/batch objects
-(sofo_lab/system.py, sofo_lab/losses.py); the methods themselves live in sofo_lab/optim/.
+(sofo_lab/core/system.py, sofo_lab/core/losses.py); the methods themselves live in sofo_lab/optim/.
 Every argument is checked here, so a bad value ends in one ``ConfigError`` naming it.
 Guide with runnable examples: docs/library.md.
 
@@ -37,15 +37,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sofo_lab import checks
-from sofo_lab.errors import ConfigError
-from sofo_lab.losses import LOSSES, PerSampleLoss
+from sofo_lab.core import checks
+from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.losses import LOSSES, PerSampleLoss
+from sofo_lab.core.system import Batch, StepInput
 from sofo_lab.optim import _forward
 from sofo_lab.optim import fgd as _fgd
 from sofo_lab.optim import rtrl as _rtrl
 from sofo_lab.optim import sofo as _sofo
 from sofo_lab.optim import uoro as _uoro
-from sofo_lab.system import Batch, StepInput
 
 LOSS_NAMES = {"mse": "mse", "xent": "xent", "cross_entropy": "xent", "softmax_cross_entropy": "xent"}
 
@@ -53,7 +53,7 @@ LOSS_NAMES = {"mse": "mse", "xent": "xent", "cross_entropy": "xent", "softmax_cr
 # --- plain functions as a system --------------------------------------------------------------
 
 class FunctionSystem:
-    """``step``, ``loss`` and ``init_state`` as the system every engine consumes (sofo_lab/system.py).
+    """``step``, ``loss`` and ``init_state`` as the system every engine consumes (sofo_lab/core/system.py).
 
     ``init_state``: a callable ``(params, batch_size) -> state`` (a learned initial state gets
     gradients) or a pytree of per-sample arrays, broadcast over the batch. ``like``: the shapes of
@@ -132,7 +132,7 @@ def make_batch(inputs, targets, weights=None) -> Batch:
     return Batch(inputs, targets, jnp.asarray(weights))
 
 
-# --- argument checks: the CLI's checks (sofo_lab/checks.py), keyed by the argument's name ---------
+# --- argument checks: the CLI's checks (sofo_lab/core/checks.py), keyed by the argument's name ---------
 
 def _tangents(value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -73,7 +73,7 @@ class WandbLogger:
         if mode is None:
             mode = os.environ.get("WANDB_MODE", "offline")
         if mode not in ("online", "offline", "disabled"):
-            from sofo_lab.errors import ConfigError
+            from sofo_lab.core.errors import ConfigError
 
             raise ConfigError("logger.mode", mode, "choose one of ['online', 'offline', 'disabled'] or null")
         kwargs = dict(dir=str(run_dir), project=cfg_logger.get("project") or "sofo-lab",

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.errors import ConfigError
 
 KEY = "per_optim"
 

@@ -21,7 +21,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from sofo_lab.errors import ConfigError, RunFailed
+from sofo_lab.core.errors import ConfigError, RunFailed
 
 LOCK = ".lock"
 PROBE_BYTES = 1 << 20

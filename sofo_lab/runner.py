@@ -25,11 +25,11 @@ from tqdm.auto import tqdm
 
 from sofo_lab import checkpoint, console, preemption, profiling, resources, rundir
 from sofo_lab.assemble import Setup, build
-from sofo_lab.errors import ConfigError, RunFailed
+from sofo_lab.core.errors import ConfigError, RunFailed
+from sofo_lab.core.system import GeneratedBatch, StepInput, rollout
+from sofo_lab.core.tree import count_params
 from sofo_lab.loggers import JsonlLogger, WandbLogger
 from sofo_lab.reporting import format_metrics, plot_loss_curve, write_json_atomic
-from sofo_lab.system import GeneratedBatch, StepInput, rollout
-from sofo_lab.tree import count_params
 
 
 class TrainState(NamedTuple):

@@ -18,7 +18,7 @@ import jax
 from omegaconf import DictConfig, OmegaConf
 
 from sofo_lab import checkpoint
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.errors import ConfigError
 
 CONFIG = ".hydra/config.yaml"
 

@@ -50,7 +50,7 @@ def note_failure(err: Exception) -> float:
     recorded: its summary.json says ``diverged``. Returns NaN, the failed job's return value."""
     from hydra.core.hydra_config import HydraConfig
 
-    from sofo_lab.errors import RunFailed
+    from sofo_lab.core.errors import RunFailed
 
     if type(err) is not RunFailed:
         try:

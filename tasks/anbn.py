@@ -21,7 +21,7 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.errors import ConfigError
 from sofo_lab.tasks.streams import CharStream, check_n_steps
 
 NEWLINE, A, B_ = 0, 1, 2

@@ -13,7 +13,7 @@ Arm state ``q = (θ1, θ2, θ̇1, θ̇2)`` (shoulder, elbow relative to the uppe
 Integration at the task's dt: explicit Euler as in the SOFO authors' code (positions move with
 the old velocities), or semi-implicit Euler (velocities first), which is stabler at large dt.
 
-``ArmSystem`` composes a model with the arm into one system (sofo_lab/system.py): the state is
+``ArmSystem`` composes a model with the arm into one system (sofo_lab/core/system.py): the state is
 (network state, arm state); the network sees the task inputs plus the arm feedback
 (θ − θ_start, θ̇) from *before* the step; its readout, times ``torque_scale``, is the torque;
 the arm integrates one step; ``y_t = (hand x, hand y, hand ẋ, hand ẏ, τ1, τ2)`` after the step.
@@ -33,8 +33,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sofo_lab.errors import ConfigError
-from sofo_lab.system import StepInput
+from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.system import StepInput
 
 START_POSTURE_DEG = (20.0, 140.0)    # θ1, θ2 at rest at the start of every trial
 INTEGRATORS = ("euler", "semi_implicit")

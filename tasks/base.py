@@ -1,5 +1,5 @@
 """What a task is: a pure, key-driven sampler with named channels, a loss kind, metrics, plots
-(the ``Task`` protocol, sofo_lab/interfaces.py, has the contract).
+(the ``Task`` protocol, sofo_lab/core/interfaces.py, has the contract).
 
 Episodic tasks (``episodic = True``) draw B independent trials of T steps per batch and the
 network state resets every trial. Streaming tasks override ``init_data``/``next_batch`` to
@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from sofo_lab.losses import LOSSES
-from sofo_lab.system import Batch, ModelSystem
+from sofo_lab.core.losses import LOSSES
+from sofo_lab.core.system import Batch, ModelSystem
 
 
 class Task:
-    """Base class of the tasks: every method of the ``Task`` protocol (sofo_lab/interfaces.py)
+    """Base class of the tasks: every method of the ``Task`` protocol (sofo_lab/core/interfaces.py)
     but ``sample`` has its default here."""
 
     name: ClassVar[str]   # plot file names and labels; default: the class name in lower case

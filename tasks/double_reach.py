@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import jax.numpy as jnp
 
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.errors import ConfigError
 from sofo_lab.tasks.motor_common import MotorTask
 
 

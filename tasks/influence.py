@@ -23,11 +23,11 @@ from typing import ClassVar
 import jax.numpy as jnp
 import numpy as np
 
-from sofo_lab.errors import ConfigError
-from sofo_lab.losses import LOSSES
-from sofo_lab.system import Batch
-from sofo_lab.tasks.streams import check_n_steps
+from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.losses import LOSSES
+from sofo_lab.core.system import Batch
 from sofo_lab.tasks.base import Task
+from sofo_lab.tasks.streams import check_n_steps
 
 
 class InfluenceSystem:

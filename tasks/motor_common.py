@@ -27,8 +27,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sofo_lab.errors import ConfigError
-from sofo_lab.system import Batch
+from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.system import Batch
 from sofo_lab.tasks.arm import ArmSystem, make_arm, start_hand
 from sofo_lab.tasks.base import Task
 

@@ -20,8 +20,8 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sofo_lab.errors import ConfigError
-from sofo_lab.system import Batch
+from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.system import Batch
 from sofo_lab.tasks.base import Task
 
 LN2 = math.log(2.0)

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sofo_lab.errors import ConfigError
-from sofo_lab.losses import MeanSquaredError
+from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.losses import MeanSquaredError
+from sofo_lab.core.system import StepInput
 from sofo_lab.models import RateRNN
-from sofo_lab.system import StepInput
 from sofo_lab.tasks.arm import (ArmParams, ArmSystem, acceleration, arm_step, hand, kinetic_energy, make_arm, mass_matrix,
                        start_hand, start_state)
 

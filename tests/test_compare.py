@@ -16,7 +16,7 @@ from conftest import compose_config, run_cli
 from omegaconf import OmegaConf
 
 from sofo_lab import compare, console, per_optim
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.errors import ConfigError
 from sofo_lab.help import key_comments, render
 from sofo_lab.reporting import reference_levels
 

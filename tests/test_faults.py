@@ -15,7 +15,7 @@ import time
 import pytest
 
 from sofo_lab import checkpoint, resources, rundir
-from sofo_lab.errors import ConfigError, RunFailed
+from sofo_lab.core.errors import ConfigError, RunFailed
 from tests.conftest import compose_config, run_cli
 
 KALMAN = ["task=kalman", "optim=adam"]

@@ -7,8 +7,8 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import sofo_lab
-from sofo_lab.errors import ConfigError
-from sofo_lab.losses import MeanSquaredError, PerSampleLoss, SoftmaxCrossEntropy
+from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.losses import MeanSquaredError, PerSampleLoss, SoftmaxCrossEntropy
 from sofo_lab.optim import _forward
 
 N, I, O, T, B = 3, 2, 2, 4, 3

@@ -3,7 +3,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from sofo_lab.losses import MeanSquaredError, SoftmaxCrossEntropy
+from sofo_lab.core.losses import MeanSquaredError, SoftmaxCrossEntropy
 
 
 @pytest.mark.parametrize("loss,weight_shape", [(MeanSquaredError(), (5,)), (MeanSquaredError(), (5, 3)),

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sofo_lab.losses import MeanSquaredError
+from sofo_lab.core.losses import MeanSquaredError
+from sofo_lab.core.system import Batch, ModelSystem, StepInput, rollout
 from sofo_lab.models import GRU, LSTM, RateRNN
-from sofo_lab.system import Batch, ModelSystem, StepInput, rollout
 
 I, O, N, T, B = 3, 2, 6, 7, 4
 

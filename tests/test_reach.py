@@ -16,9 +16,9 @@ import pytest
 from hydra.utils import get_object
 
 from sofo_lab.assemble import build
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.system import rollout
 from sofo_lab.runner import init_train_state, make_train_step
-from sofo_lab.system import rollout
 from sofo_lab.tasks.double_reach import DoubleReach
 from sofo_lab.tasks.reach import Reach
 from tests.conftest import compose_config, options
@@ -179,8 +179,8 @@ def test_every_optimizer_trains_through_the_arm(task, model, optim):
 def test_training_batches_generated_step_by_step_are_the_sampled_batches(task):
     """The runner trains on a GeneratedBatch (nothing of length T stored); it must hold exactly
     the trials ``sample`` draws, and its per-step private noise must match its materialized form."""
+    from sofo_lab.core.system import GeneratedBatch
     from sofo_lab.runner import training_batch
-    from sofo_lab.system import GeneratedBatch
 
     setup = build(compose_config([f"task={task}", "model=rnn", "optim=sofo", "model.n_hidden=8", "logger=none"]))
     key = jax.random.PRNGKey(5)

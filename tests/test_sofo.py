@@ -17,14 +17,14 @@ import pytest
 
 from conftest import TINY, compose_config
 from sofo_lab.assemble import build
-from sofo_lab.errors import ConfigError
-from sofo_lab.losses import MeanSquaredError, SoftmaxCrossEntropy
+from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.losses import MeanSquaredError, SoftmaxCrossEntropy
+from sofo_lab.core.system import Batch, ModelSystem, StepInput, initial_state, rollout
 from sofo_lab.models import GRU, LSTM, RateRNN
 from sofo_lab.optim import _forward
 from sofo_lab.optim.bptt import bptt
 from sofo_lab.optim.fgd import fgd
 from sofo_lab.optim.sofo import sofo
-from sofo_lab.system import Batch, ModelSystem, StepInput, initial_state, rollout
 
 I, O, N, T, B, K = 2, 3, 5, 6, 3, 7
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,8 +267,8 @@ def test_sofo_run_learns_logs_curvature_and_its_step_memory_is_flat_in_the_horiz
 def test_generated_batch_is_the_sampled_batch_and_sofo_sees_no_difference():
     """The Kalman task's step-by-step batch materializes to exactly ``sample``'s batch, and the
     SOFO/UORO updates on either agree (float64)."""
+    from sofo_lab.core.system import GeneratedBatch
     from sofo_lab.runner import training_batch
-    from sofo_lab.system import GeneratedBatch
 
     with jax.enable_x64():
         for optim in ("sofo", "uoro"):
@@ -294,11 +294,11 @@ def test_generated_batch_is_the_sampled_batch_and_sofo_sees_no_difference():
 
 SHARDED = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np, optax
-    from sofo_lab.losses import MeanSquaredError
+    from sofo_lab.core.losses import MeanSquaredError
+    from sofo_lab.core.system import Batch, ModelSystem
     from sofo_lab.models import RateRNN
     from sofo_lab.optim import _forward
     from sofo_lab.optim.sofo import sofo
-    from sofo_lab.system import Batch, ModelSystem
     assert jax.device_count() == 2, jax.devices()
     for model in (RateRNN(2, 2, n_hidden=8),):
         system = ModelSystem(model, MeanSquaredError())

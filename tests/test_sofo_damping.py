@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sofo_lab.losses import MeanSquaredError
+from sofo_lab.core.losses import MeanSquaredError
+from sofo_lab.core.system import Batch, StepInput, rollout
 from sofo_lab.optim.sofo import LM_GROW, LM_SHRINK, sofo
-from sofo_lab.system import Batch, StepInput, rollout
 
 T, B, I, O, K = 5, 4, 3, 2, 4
 

@@ -181,7 +181,7 @@ def test_several_updates_per_call_are_the_same_run(tmp_path, task):
 
 def test_geometric_logging_keeps_a_long_stream_small():
     """10⁷ characters in windows of 320: 31 250 iterations, 678 rows at ×1.01 (the authors' spacing)."""
-    from sofo_lab.errors import ConfigError
+    from sofo_lab.core.errors import ConfigError
     from sofo_lab.runner import log_due
 
     points = [i for i in range(1, 31251) if log_due(i, 10, 1.01)]

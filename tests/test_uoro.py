@@ -6,13 +6,13 @@ import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
-from sofo_lab.losses import MeanSquaredError
+from sofo_lab.core.losses import MeanSquaredError
+from sofo_lab.core.system import Batch, ModelSystem, rollout
 from sofo_lab.models import GRU, LSTM, RateRNN
 from sofo_lab.optim.bptt import bptt
 from sofo_lab.optim.rtrl import rtrl
 from sofo_lab.optim.uoro import uoro
 from sofo_lab.profiling import compiled_memory_bytes
-from sofo_lab.system import Batch, ModelSystem, rollout
 
 I, O, N, T, B = 2, 2, 3, 6, 1
 

@@ -14,7 +14,7 @@ def torch_linear(key, fan_in, shape):
 
 
 def check_positive(name, value, kind=int):
-    from sofo_lab.errors import ConfigError
+    from sofo_lab.core.errors import ConfigError
 
     if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int) or value <= 0:
         what = "a positive integer" if kind is int else "a positive number"

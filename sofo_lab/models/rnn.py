@@ -13,7 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.errors import ConfigError
 from sofo_lab.models._init import check_positive, normal
 
 NONLINEARITIES = {"relu": jax.nn.relu, "tanh": jnp.tanh, "softplus": jax.nn.softplus}

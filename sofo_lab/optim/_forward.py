@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sofo_lab.system import ModelSystem, initial_state
+from sofo_lab.core.system import ModelSystem, initial_state
 
 ACC = "float64"
 
@@ -80,8 +80,8 @@ def n_params(system) -> int:
 
 def check_tangents(system, n_tangents, orthonormalize, prefix: str = "optim") -> tuple[int, bool]:
     """Validate K = ``n_tangents`` (>= 1, and <= P when orthonormalizing) and ``orthonormalize``."""
-    from sofo_lab.checks import boolean
-    from sofo_lab.errors import ConfigError
+    from sofo_lab.core.checks import boolean
+    from sofo_lab.core.errors import ConfigError
 
     k = n_tangents
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
@@ -116,7 +116,7 @@ class LaneSharding(NamedTuple):
 
 def lane_sharding(mode, n_tangents: int) -> LaneSharding:
     """``mode``: "auto" (shard when several devices divide K), true (require it), false (never)."""
-    from sofo_lab.errors import ConfigError
+    from sofo_lab.core.errors import ConfigError
 
     devices = jax.devices()
     if mode not in ("auto", True, False):

@@ -12,10 +12,10 @@ from typing import NamedTuple
 import jax
 import optax
 
+from sofo_lab.core.system import initial_state, rollout
+from sofo_lab.core.tree import tree_norm
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.system import initial_state, rollout
-from sofo_lab.tree import tree_norm
 
 
 class BpttState(NamedTuple):

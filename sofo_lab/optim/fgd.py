@@ -22,11 +22,11 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import optax
 
-from sofo_lab import checks
+from sofo_lab.core import checks
+from sofo_lab.core.tree import tree_norm
 from sofo_lab.optim import _forward
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.tree import tree_norm
 
 
 def fgd_direction(tangents, c, n_params: int):

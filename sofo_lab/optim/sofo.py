@@ -42,13 +42,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sofo_lab import checks
-from sofo_lab.errors import ConfigError
+from sofo_lab.core import checks
+from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.system import initial_state
+from sofo_lab.core.tree import tree_norm
 from sofo_lab.optim import _forward
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.system import initial_state
-from sofo_lab.tree import tree_norm
 
 
 def damped_solve(ggn, c, damping: float):

@@ -26,11 +26,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from sofo_lab import checks
+from sofo_lab.core import checks
+from sofo_lab.core.system import Batch, initial_state, rollout
+from sofo_lab.core.tree import tree_norm, tree_zeros
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.system import Batch, initial_state, rollout
-from sofo_lab.tree import tree_norm, tree_zeros
 
 
 class TbpttState(NamedTuple):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import optax
 
-from sofo_lab.checks import positive as _positive
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.checks import positive as _positive
+from sofo_lab.core.errors import ConfigError
 
 SCHEDULES = ("constant", "cosine", "exponential", "warmup_cosine", "inverse_sqrt")
 # The keys each schedule reads (besides ``name``); any other key is an error, not silently kept.

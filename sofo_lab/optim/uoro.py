@@ -37,11 +37,11 @@ import jax.extend.random
 import jax.numpy as jnp
 import optax
 
-from sofo_lab import checks
+from sofo_lab.core import checks
+from sofo_lab.core.system import initial_state
+from sofo_lab.core.tree import tree_norm, tree_vdot, tree_zeros
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.system import initial_state
-from sofo_lab.tree import tree_norm, tree_vdot, tree_zeros
 
 
 

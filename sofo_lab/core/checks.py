@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.errors import ConfigError
 
 
 def boolean(key: str, value) -> bool:

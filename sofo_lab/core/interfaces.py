@@ -13,14 +13,14 @@ from typing import Any, Callable, ClassVar, Protocol, runtime_checkable
 
 Params = Any      # a pytree (dict) of arrays
 State = Any       # a pytree of [B, ...] arrays
-Batch = Any       # sofo_lab.system.Batch or GeneratedBatch (time-major)
-StepInput = Any   # sofo_lab.system.StepInput(u [B, I], noise [B, N] or None)
+Batch = Any       # sofo_lab.core.system.Batch or GeneratedBatch (time-major)
+StepInput = Any   # sofo_lab.core.system.StepInput(u [B, I], noise [B, N] or None)
 
 
 @runtime_checkable
 class Loss(Protocol):
     """A per-step loss with the exact output-space curvature SOFO's Gauss-Newton block needs
-    (sofo_lab/losses.py: ``MeanSquaredError``, ``SoftmaxCrossEntropy``, ``PerSampleLoss``)."""
+    (sofo_lab/core/losses.py: ``MeanSquaredError``, ``SoftmaxCrossEntropy``, ``PerSampleLoss``)."""
 
     def value(self, y, target, w) -> Any:
         """Scalar loss of one step: ``y``, ``target`` [B, O], weights ``w`` [B] or [B, O]."""
@@ -41,7 +41,7 @@ class System(Protocol):
       params: a learned initial state); streams carry the state across windows instead.
     - ``sample_noise(key, T, B)`` returns ``[T, B, N]`` noise factors or ``None``.
 
-    A model on its own is a system through ``sofo_lab.system.ModelSystem``; a closed-loop task
+    A model on its own is a system through ``sofo_lab.core.system.ModelSystem``; a closed-loop task
     wraps the model with a differentiable plant (``sofo_lab.tasks.arm.ArmSystem``).
     """
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from sofo_lab.errors import ConfigError
+from sofo_lab.core.errors import ConfigError
 
 
 def _weights(w, y):
