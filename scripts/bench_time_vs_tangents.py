@@ -43,8 +43,8 @@ def timed(compiled, ts, reps: int) -> tuple[float, float, list[float]]:
 
 
 def setup_for(base: list[str], optim: list[str], batch: int):
-    from sofo_lab.assemble import build
-    from sofo_lab.runner import init_train_state
+    from sofo_lab.train.assemble import build
+    from sofo_lab.train.runner import init_train_state
 
     cfg = bc.compose([*base, *optim])
     setup = build(cfg)
@@ -70,7 +70,7 @@ def forward_step(setup, seed: int, batch: int):
 
 
 def point(name: str, K, fn, ts, reps: int) -> dict:
-    from sofo_lab import profiling
+    from sofo_lab.train import profiling
 
     compiled, lower_s, compile_s = profiling.compile_timed(fn, ts)
     median, p90, durations = timed(compiled, ts, reps)
@@ -112,7 +112,7 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")] if args.ks else ([8] if args.quick else list(KS))
     base = ["task=kalman", "model=rnn", f"model.n_hidden={n_hidden}", f"batch_size={batch}",
             f"task.n_steps={T}", "logger=none"]
-    from sofo_lab.runner import make_train_step
+    from sofo_lab.train.runner import make_train_step
 
     points = []
     cfg, setup, ts = setup_for(base, ["optim=adam"], batch)

@@ -36,7 +36,7 @@ from sofo_lab.models import GRU, LSTM, RateRNN  # noqa: E402
 from sofo_lab.optim.bptt import bptt  # noqa: E402
 from sofo_lab.optim.tbptt import tbptt  # noqa: E402
 from sofo_lab.optim.uoro import uoro  # noqa: E402
-from sofo_lab.profiling import compiled_flops  # noqa: E402
+from sofo_lab.train.profiling import compiled_flops  # noqa: E402
 
 MODELS = {"rnn": lambda V, N: RateRNN(V, V, n_hidden=N, nonlinearity="tanh"),
           "gru": lambda V, N: GRU(V, V, n_hidden=N), "lstm": lambda V, N: LSTM(V, V, n_hidden=N)}

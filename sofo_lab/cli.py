@@ -20,9 +20,9 @@ from typing import NamedTuple
 import hydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from sofo_lab import console, per_optim, rundir
 from sofo_lab.conf import CONF_DIR
 from sofo_lab.core.errors import ConfigError, RunFailed
+from sofo_lab.train import console, per_optim, rundir
 
 GROUPS = ("task", "model", "optim", "logger", "experiment")   # the groups `sofo-run --help` is about
 _exit_code = 0
@@ -184,8 +184,8 @@ def precheck(argv: list[str]) -> None:
         return
     parsed = _parse(cmd.overrides)
     groups = _check_groups(parsed, cmd.search)
-    from sofo_lab import resources
-    from sofo_lab.assemble import build
+    from sofo_lab.train import resources
+    from sofo_lab.train.assemble import build
 
     for i, combo in enumerate(_expand(parsed)):
         cfg = per_optim.apply(_compose(combo, groups, cmd.search, cmd.config_name),
@@ -203,7 +203,7 @@ def precheck(argv: list[str]) -> None:
 def _run(cfg: DictConfig):
     from hydra.core.hydra_config import HydraConfig
 
-    from sofo_lab.runner import train
+    from sofo_lab.train.runner import train
 
     for noisy in ("jax", "matplotlib", "absl"):   # Hydra's logging config would show their INFO lines
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -8,7 +8,7 @@ A run is any directory below the given ones holding ``metrics.jsonl`` (and usual
 is skipped) and runs of a user's own task. Runs are grouped into *configurations* by what differs
 between them: the config-group choices (task, model, optim, experiment) and the overrides of
 ``.hydra/overrides.yaml``, with ``+per_optim.<optim>.<key>`` counted only for that optimizer's runs
-(sofo_lab/per_optim.py), the seed pooled, and plumbing (logging, checkpoint and plot settings)
+(sofo_lab/train/per_optim.py), the seed pooled, and plumbing (logging, checkpoint and plot settings)
 ignored; runs whose overrides agree but whose configs differ are told apart by the config keys
 that differ.
 
@@ -19,7 +19,7 @@ Writes, into the first directory (or ``--out``):
   (a row each), against iteration and against training seconds (``time_s``: compilation,
   evaluation and checkpoints excluded), one line per configuration: the mean over seeds, the band
   min-max over seeds (``--spread sd``: ±1 s.d.). Dotted: the task's reference levels, found among
-  the logged metrics (``sofo_lab.reporting.reference_levels``: kalman's oracle and copy MSE, the
+  the logged metrics (``sofo_lab.train.reporting.reference_levels``: kalman's oracle and copy MSE, the
   streams' optimal entropy rates, influence's θ*) or given by the task class (``references``,
   e.g. the motor tasks' solved thresholds).
 - ``compare.md`` and ``compare.csv`` (sofo_lab/compare_table.py): per configuration, the final
@@ -45,9 +45,9 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sofo_lab import per_optim
 from sofo_lab.compare_table import is_number, logs_solved, markdown, parse_at, table_rows, write_csv
-from sofo_lab.reporting import reference_levels
+from sofo_lab.train import per_optim
+from sofo_lab.train.reporting import reference_levels
 
 GROUP_CHOICES = ("task", "model", "optim", "experiment")
 # Keys that change how a run is logged or stored, not what it computes.

@@ -4,7 +4,7 @@
     batch = run.task.trials(angles=[0, 90, 180])          # chosen conditions (motor tasks)
     traj = sofo_lab.simulate(run.system, run.params, batch)   # every step's state and output
 
-The pieces are rebuilt from ``<run dir>/.hydra/config.yaml`` by the same ``sofo_lab.assemble.build``
+The pieces are rebuilt from ``<run dir>/.hydra/config.yaml`` by the same ``sofo_lab.train.assemble.build``
 the runner uses (so a run of a user's own task loads too, as long as its module imports), and the
 parameters from the verified checkpoint ``checkpoints/last.pkl`` (or ``prev.pkl``), or from
 ``checkpoints/params.npz`` alone when only that was kept. Guide: docs/library.md.
@@ -17,8 +17,8 @@ from typing import Any, NamedTuple
 import jax
 from omegaconf import DictConfig, OmegaConf
 
-from sofo_lab import checkpoint
 from sofo_lab.core.errors import ConfigError
+from sofo_lab.train import checkpoint
 
 CONFIG = ".hydra/config.yaml"
 
@@ -36,7 +36,7 @@ class Run(NamedTuple):
 def load_run(run_dir) -> Run:
     """Load the run in ``run_dir`` (a directory ``sofo-run`` wrote, with ``.hydra/config.yaml`` and a
     checkpoint). Raises ``ConfigError`` naming what is missing."""
-    from sofo_lab.assemble import build
+    from sofo_lab.train.assemble import build
 
     path = Path(run_dir)
     if not (path / CONFIG).is_file():

@@ -27,8 +27,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from sofo_lab import per_optim
-from sofo_lab.reporting import strict_json
+from sofo_lab.train import per_optim
+from sofo_lab.train.reporting import strict_json
 
 SUMMARY = "sweep_summary"
 JOB_STATUS = "job_status.json"
@@ -100,7 +100,7 @@ def _row(sweep_dir: Path, run_dir: Path) -> dict[str, Any]:
     rel = run_dir.relative_to(sweep_dir)
     row: dict[str, Any] = {"job": str(rel), "status": "missing", "error": None, "iterations": None,
                            "overrides": " ".join(overrides), "run_dir": str(run_dir)}
-    # +per_optim.<optim>.<key> only on that optimizer's rows, as optim.<key> (sofo_lab/per_optim.py)
+    # +per_optim.<optim>.<key> only on that optimizer's rows, as optim.<key> (sofo_lab/train/per_optim.py)
     row.update({o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in per_optim.run_overrides(run_dir) if "=" in o})
     summary = _read_json(run_dir / "summary.json")
     job = _read_json(run_dir / JOB_STATUS)

@@ -15,10 +15,11 @@ import pytest
 from conftest import compose_config, run_cli
 from omegaconf import OmegaConf
 
-from sofo_lab import compare, console, per_optim
+from sofo_lab import compare
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.help import key_comments, render
-from sofo_lab.reporting import reference_levels
+from sofo_lab.train import console, per_optim
+from sofo_lab.train.reporting import reference_levels
 
 
 TASK_CLASSES = {"kalman": "sofo_lab.tasks.kalman.Kalman", "reach": "sofo_lab.tasks.reach.Reach"}
@@ -265,7 +266,7 @@ def test_checkpoint_and_evaluation_time_stay_out_of_time_s(tmp_path, monkeypatch
     """A slow checkpoint (0.3 s each) must not appear in time_s: it goes to checkpoint_time_s."""
     import time
 
-    from sofo_lab import runner
+    from sofo_lab.train import runner
 
     save = runner.checkpoint.save
 

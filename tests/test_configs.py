@@ -6,9 +6,9 @@ import pytest
 from hydra.utils import get_object
 from omegaconf import OmegaConf
 
-from sofo_lab.assemble import accepted_keys, build
 from sofo_lab.core import interfaces
 from sofo_lab.core.errors import ConfigError
+from sofo_lab.train.assemble import accepted_keys, build
 from tests.conftest import TINY, compose_config, options
 
 

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from sofo_lab import checkpoint, resources, rundir
 from sofo_lab.core.errors import ConfigError, RunFailed
+from sofo_lab.train import checkpoint, resources, rundir
 from tests.conftest import compose_config, run_cli
 
 KALMAN = ["task=kalman", "optim=adam"]
@@ -39,7 +39,7 @@ def strict(text: str):
 # --- sizes that cannot fit --------------------------------------------------------------------
 
 def _setup(overrides):
-    from sofo_lab.assemble import build
+    from sofo_lab.train.assemble import build
 
     cfg = compose_config(["logger=none", *overrides])
     return build(cfg), cfg
@@ -63,8 +63,8 @@ def test_a_held_out_batch_that_cannot_fit_is_refused_from_shapes(overrides, key)
 
 
 def test_compiled_update_memory_is_checked_and_names_the_tangents():
-    from sofo_lab.profiling import compiled_memory_bytes, compile_timed
-    from sofo_lab.runner import init_train_state, make_train_step
+    from sofo_lab.train.profiling import compiled_memory_bytes, compile_timed
+    from sofo_lab.train.runner import init_train_state, make_train_step
 
     base = ["optim=sofo", "task=kalman", "task.n_steps=6", "batch_size=2", "model.n_hidden=4"]
     sizes = {}
@@ -83,8 +83,8 @@ def test_compiled_update_memory_is_checked_and_names_the_tangents():
 def test_rtrl_limit_counts_the_update_work_not_only_the_jacobian():
     import jax
 
-    from sofo_lab.profiling import compiled_memory_bytes, compile_timed
-    from sofo_lab.runner import init_train_state, make_train_step
+    from sofo_lab.train.profiling import compiled_memory_bytes, compile_timed
+    from sofo_lab.train.runner import init_train_state, make_train_step
 
     setup, cfg = _setup(["task=anbn", "model=gru", "optim=rtrl", "model.n_hidden=16", "batch_size=4",
                          "task.n_steps=2"])
@@ -108,7 +108,7 @@ def test_sofo_run_refuses_a_batch_that_cannot_fit_in_one_line(tmp_path):
 def _state(i):
     import jax.numpy as jnp
 
-    from sofo_lab.runner import TrainState
+    from sofo_lab.train.runner import TrainState
 
     return TrainState({"w": jnp.full((3,), float(i))}, (), (), None, jnp.asarray(i, jnp.int32))
 
@@ -152,7 +152,7 @@ def test_a_full_disk_mid_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatc
 
 def test_the_write_probe_writes_bytes(tmp_path):
     """On a filesystem with less than 1 MiB free the probe fails (a 0-byte probe would pass)."""
-    code = ("import resource, signal, sys; from sofo_lab import rundir\n"
+    code = ("import resource, signal, sys; from sofo_lab.train import rundir\n"
             "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (512 << 10, 512 << 10))\n"
             "open(sys.argv[1] + '/empty', 'w').close()\n"
@@ -227,7 +227,7 @@ def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_pa
     assert 25 <= stopped < 300   # written at the signal, after the first periodic checkpoint
 
     # another process holds the directory: a second run is refused before Hydra writes .hydra/
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sofo_lab import rundir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sofo_lab.train import rundir; "
                                "rundir.lock(sys.argv[1]); print('held', flush=True); time.sleep(120)", str(run)],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -259,7 +259,7 @@ def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_pa
 
 
 def test_the_lock_names_its_holder_and_is_reentrant(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sofo_lab import rundir; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from sofo_lab.train import rundir; "
                                "rundir.lock(sys.argv[1]); print('held', flush=True); time.sleep(60)", str(tmp_path)],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -292,14 +292,14 @@ def test_unknown_schedule_keys_are_errors():
 def test_strict_json_has_no_nan():
     import numpy as np
 
-    from sofo_lab.reporting import strict_json
+    from sofo_lab.train.reporting import strict_json
 
     data = {"a": float("nan"), "b": [np.float32("inf"), 1.5], "c": np.int64(3)}
     assert strict_json(data) == {"a": None, "b": [None, 1.5], "c": 3}
 
 
 def test_the_divergence_advice_names_the_runs_own_settings(tmp_path):
-    from sofo_lab.checkpoint import divergence
+    from sofo_lab.train.checkpoint import divergence
 
     clipped = str(divergence(tmp_path, 7, "non-finite loss", {"lr": 0.3, "clip_norm": 1.0}))
     assert clipped.endswith("at iteration 7; stopped, no checkpoint had been written yet; "
@@ -313,10 +313,10 @@ def test_the_divergence_advice_names_the_runs_own_settings(tmp_path):
 def test_a_non_finite_evaluation_is_a_divergence(tmp_path, monkeypatch):
     import jax.numpy as jnp
 
-    from sofo_lab.runner import train
+    from sofo_lab.train.runner import train
 
     cfg = compose_config([*TINY, "iterations=4", "checkpoint_every=3"])
-    from sofo_lab.assemble import build
+    from sofo_lab.train.assemble import build
 
     task_cls = type(build(cfg).task)
     original = task_cls.evaluate
@@ -349,7 +349,7 @@ def test_the_divergence_line_is_the_last_thing_printed_even_with_wandb(tmp_path)
 
 
 def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path):
-    from sofo_lab.loggers import JsonlLogger
+    from sofo_lab.train.loggers import JsonlLogger
 
     (tmp_path / "metrics.jsonl").write_text('{"iteration": 1}\n{"iteration": 2}\n{"iteration": 3, "train/lo')
     JsonlLogger(tmp_path, resume_iteration=2).close()     # a SIGKILL mid-write left half a line

@@ -2,8 +2,8 @@
 import jax
 import numpy as np
 
-from sofo_lab.runner import train
 from sofo_lab.tasks.kalman import Kalman
+from sofo_lab.train.runner import train
 from tests.conftest import compose_config
 
 

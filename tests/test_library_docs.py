@@ -42,8 +42,8 @@ def workdir(tmp_path_factory):
     (which tests/test_runs.py runs for real): the run's config and its params.npz."""
     import jax
 
-    from sofo_lab.assemble import build
-    from sofo_lab.checkpoint import PARAMS_NPZ, save_params_npz
+    from sofo_lab.train.assemble import build
+    from sofo_lab.train.checkpoint import PARAMS_NPZ, save_params_npz
 
     root = tmp_path_factory.mktemp("docs")
     run_dir = root / "runs" / "reach"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import sofo_lab
-from sofo_lab import checkpoint
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.tasks.double_reach import DoubleReach
 from sofo_lab.tasks.kalman import Kalman
 from sofo_lab.tasks.reach import Reach
+from sofo_lab.train import checkpoint
 from tests.conftest import TINY, run_cli
 
 

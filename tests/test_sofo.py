@@ -16,7 +16,6 @@ import optax
 import pytest
 
 from conftest import TINY, compose_config
-from sofo_lab.assemble import build
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.core.losses import MeanSquaredError, SoftmaxCrossEntropy
 from sofo_lab.core.system import Batch, ModelSystem, StepInput, initial_state, rollout
@@ -25,6 +24,7 @@ from sofo_lab.optim import _forward
 from sofo_lab.optim.bptt import bptt
 from sofo_lab.optim.fgd import fgd
 from sofo_lab.optim.sofo import sofo
+from sofo_lab.train.assemble import build
 
 I, O, N, T, B, K = 2, 3, 5, 6, 3, 7
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,8 +237,8 @@ def test_orthonormal_basis_needs_at_most_p_tangents():
 
 
 def test_sofo_run_learns_logs_curvature_and_its_step_memory_is_flat_in_the_horizon(tmp_path):
-    from sofo_lab import profiling
-    from sofo_lab.runner import init_train_state, make_train_step, train
+    from sofo_lab.train import profiling
+    from sofo_lab.train.runner import init_train_state, make_train_step, train
 
     run = ["task=kalman", *TINY, "iterations=6", "eval_every=6", "batch_size=16", "model.n_hidden=32"]
     sofo_run = [*run, "optim=sofo", "optim.lr=0.5", "optim.n_tangents=16"]
@@ -268,7 +268,7 @@ def test_generated_batch_is_the_sampled_batch_and_sofo_sees_no_difference():
     """The Kalman task's step-by-step batch materializes to exactly ``sample``'s batch, and the
     SOFO/UORO updates on either agree (float64)."""
     from sofo_lab.core.system import GeneratedBatch
-    from sofo_lab.runner import training_batch
+    from sofo_lab.train.runner import training_batch
 
     with jax.enable_x64():
         for optim in ("sofo", "uoro"):

@@ -10,8 +10,8 @@ from jax.flatten_util import ravel_pytree
 from sofo_lab.core.system import Batch, rollout
 from sofo_lab.optim.bptt import bptt
 from sofo_lab.optim.tbptt import tbptt
-from sofo_lab.runner import train
 from sofo_lab.tasks.influence import Influence
+from sofo_lab.train.runner import train
 from tests.conftest import compose_config
 from tests.test_uoro import make_batch, small_system
 

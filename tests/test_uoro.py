@@ -12,7 +12,7 @@ from sofo_lab.models import GRU, LSTM, RateRNN
 from sofo_lab.optim.bptt import bptt
 from sofo_lab.optim.rtrl import rtrl
 from sofo_lab.optim.uoro import uoro
-from sofo_lab.profiling import compiled_memory_bytes
+from sofo_lab.train.profiling import compiled_memory_bytes
 
 I, O, N, T, B = 2, 2, 3, 6, 1
 

@@ -26,13 +26,13 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from sofo_lab import resources
 from sofo_lab.core import checks
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.core.system import initial_state, step_with_loss
 from sofo_lab.core.tree import tree_zeros
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
+from sofo_lab.train import resources
 
 
 class RtrlState(NamedTuple):

@@ -23,13 +23,13 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from sofo_lab import checkpoint, console, preemption, profiling, resources, rundir
-from sofo_lab.assemble import Setup, build
 from sofo_lab.core.errors import ConfigError, RunFailed
 from sofo_lab.core.system import GeneratedBatch, StepInput, rollout
 from sofo_lab.core.tree import count_params
-from sofo_lab.loggers import JsonlLogger, WandbLogger
-from sofo_lab.reporting import format_metrics, plot_loss_curve, write_json_atomic
+from sofo_lab.train import checkpoint, console, preemption, profiling, resources, rundir
+from sofo_lab.train.assemble import Setup, build
+from sofo_lab.train.loggers import JsonlLogger, WandbLogger
+from sofo_lab.train.reporting import format_metrics, plot_loss_curve, write_json_atomic
 
 
 class TrainState(NamedTuple):

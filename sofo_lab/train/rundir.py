@@ -93,7 +93,7 @@ def probe(directory: str | Path, n_bytes: int = PROBE_BYTES) -> None:
 
 def write_failed(err: OSError, run_dir: Path) -> WriteFailed:
     """The one line for an ``OSError`` while writing into ``run_dir`` mid-run."""
-    from sofo_lab.checkpoint import newest_valid
+    from sofo_lab.train.checkpoint import newest_valid
 
     what = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "a write failed"
     where = f" writing {err.filename}" if err.filename else ""
@@ -110,7 +110,7 @@ def precheck(cfg, multirun: bool) -> None:
     the time (``${now:...}``, the default) is new for every start: the runner locks it."""
     from omegaconf import OmegaConf
 
-    from sofo_lab import checkpoint
+    from sofo_lab.train import checkpoint
 
     kind = "sweep" if multirun else "run"
     raw = OmegaConf.to_container(cfg.hydra[kind], resolve=False)["dir"]

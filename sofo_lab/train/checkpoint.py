@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from sofo_lab.core.errors import ConfigError, RunFailed
-from sofo_lab.rundir import write_atomic
+from sofo_lab.train.rundir import write_atomic
 
 CHECKPOINT = "checkpoints/last.pkl"
 PREVIOUS = "checkpoints/prev.pkl"

@@ -71,7 +71,7 @@ def tree_bytes(tree) -> int:
 def shape_estimate(setup, cfg) -> dict[str, int]:
     """Bytes of the initial training state and of the held-out evaluation, from shapes alone."""
     from sofo_lab.core.system import rollout
-    from sofo_lab.runner import init_train_state
+    from sofo_lab.train.runner import init_train_state
 
     system, task = setup.system, setup.task
     out = {"training state": tree_bytes(jax.eval_shape(lambda: init_train_state(setup, 0, cfg.batch_size)))}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def write_json_atomic(path: Path, data: dict) -> None:
     """Strict JSON (``strict_json``), written via a fsynced temporary file and ``os.replace``."""
-    from sofo_lab.rundir import write_atomic
+    from sofo_lab.train.rundir import write_atomic
 
     write_atomic(path, json.dumps(strict_json(data), indent=2, allow_nan=False) + "\n")
 
