@@ -48,7 +48,7 @@ QUIET = ("logger=none", "progress=false", "plots=false", "resume=false")
 def run_cli(overrides, run_dir: Path) -> Path:
     """One run through the real command line (``python -m sofo_lab.cli <overrides>``, quiet) into
     ``run_dir``, its console output kept out of the benchmark's. Hydra writes ``.hydra/`` there, so that
-    ``sofo_lab.compare`` tells the runs apart by their overrides. A run that stopped (diverged) is a
+    ``sofo_lab.analysis.compare`` tells the runs apart by their overrides. A run that stopped (diverged) is a
     result: its summary.json says so; a run that wrote no summary is an error.
 
     The runs beside each other share JAX's persistent compilation cache (``.jax_cache`` next to

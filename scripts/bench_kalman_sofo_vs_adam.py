@@ -11,7 +11,7 @@ scored at SOFO's iteration count (equal iterations) and at its end (equal wall-c
 ``--eval-every`` updates both are scored on the same held-out batch: MSE next to the oracle Kalman
 filter and to copying the observation. Training seconds are the runner's ``time_s`` (evaluation and
 compilation not counted). Writes the JSON (curves, finals, machine); the figure and the table are
-``sofo_lab.compare``'s, drawn from the run directories: ``<out>.png``, ``<out>.md``, ``<out>.csv``.
+``sofo_lab.analysis.compare``'s, drawn from the run directories: ``<out>.png``, ``<out>.md``, ``<out>.csv``.
 """
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ from bench_common import machine, run_cli  # noqa: E402
 def read_run(run_dir: Path) -> dict:
     """A run's record from its directory: evaluation points (iteration, training seconds, held-out
     metrics), the training loss at every update, the updates done, training seconds, median step."""
-    from sofo_lab.compare import load_run
-    from sofo_lab.compare_table import profile_of
+    from sofo_lab.analysis.compare import load_run
+    from sofo_lab.analysis.compare_table import profile_of
 
     run = load_run(run_dir)
     profile = profile_of(run)
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
     print(f"s/iteration: SOFO {summary['sofo_seconds_per_iteration'] * 1e3:.1f} ms, "
           f"Adam {summary['adam_seconds_per_iteration'] * 1e3:.1f} ms; total {summary['total_benchmark_s']:.0f} s")
     out.write_text(json.dumps(result, indent=1) + "\n")
-    from sofo_lab.compare import compare
+    from sofo_lab.analysis.compare import compare
 
     written = compare(sofo_dirs + adam_dirs, out=out.parent, stem=out.stem,
                       title=f"Kalman task, T={args.n_steps}, N={args.n_hidden}, B={args.batch}, SOFO K={args.tangents}; "

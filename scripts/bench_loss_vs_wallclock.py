@@ -8,7 +8,7 @@ Each optimizer trains task=kalman (rnn N=32, B=32, T=100) with its default hyper
 conf/optim/ through the command line (``python -m sofo_lab.cli``, logger=none), evaluating on
 the fixed held-out batch every few iterations (and at iteration 0); each record is read back from
 its run directory. Time is the runner's ``time_s``: training seconds, with compilation, evaluation
-and checkpoints excluded. The figure and the table are drawn by ``sofo_lab.compare`` (the code
+and checkpoints excluded. The figure and the table are drawn by ``sofo_lab.analysis.compare`` (the code
 behind ``sofo-compare``) from the run directories, which are kept next to the JSON:
 ``<out>.png``, ``<out>.md``, ``<out>.csv``.
 """
@@ -29,8 +29,8 @@ MAX_ITERATIONS = {"rtrl": 40}
 
 def run(optim: str, base: list[str], run_dir: Path, iterations: int) -> dict:
     """One optimizer's run through the command line, its record read back from its directory."""
-    from sofo_lab.compare import load_run
-    from sofo_lab.compare_table import profile_of
+    from sofo_lab.analysis.compare import load_run
+    from sofo_lab.analysis.compare_table import profile_of
 
     done = load_run(bc.run_cli([*base, f"optim={optim}", f"iterations={iterations}",
                                 f"checkpoint_every={iterations}"], run_dir))
@@ -73,7 +73,7 @@ def main() -> None:
                           "iterations_per_optim": {r["optim"]: r["iterations"] for r in runs},
                           "hyperparameters": "conf/optim/<name>.yaml defaults"},
               "runs": runs, "machine": bc.machine()}
-    from sofo_lab.compare import compare
+    from sofo_lab.analysis.compare import compare
 
     pr = result["problem"]
     compare([path.parent / "runs" / r["optim"] for r in runs], out=path.parent, stem=path.stem,

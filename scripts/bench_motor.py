@@ -19,7 +19,7 @@ from its directory. Scored: at SOFO's iteration count (equal iterations) and at 
 wall-clock); the first iteration and training second at which each run meets the task's solved
 criterion (``eval/solved``, docs/motor.md). Writes the JSON (machine, runs with their curves, the
 equal-iterations/equal-wall-clock table) to ``--out``; the figure and the per-configuration table
-are ``sofo_lab.compare``'s (what ``sofo-compare --metrics within_1cm,moved_early,hold_error_cm``
+are ``sofo_lab.analysis.compare``'s (what ``sofo-compare --metrics within_1cm,moved_early,hold_error_cm``
 draws from the run directories): ``<out>.png`` (``<out>_<task>.png`` for several tasks), ``.md``,
 ``.csv``.
 """
@@ -47,8 +47,8 @@ FIGURE_METRICS = ["within_1cm", "moved_early", "hold_error_cm"]
 
 def record(run_dir: Path) -> dict:
     """A run's record, read from its directory, finished or not (status ``running`` before summary.json)."""
-    from sofo_lab.compare import load_run
-    from sofo_lab.compare_table import first_solved, profile_of
+    from sofo_lab.analysis.compare import load_run
+    from sofo_lab.analysis.compare_table import first_solved, profile_of
 
     run = load_run(run_dir)
     profile, solved = profile_of(run), first_solved(run)
@@ -92,9 +92,9 @@ def pool_map(jobs: int, specs, task, n_evals) -> list[dict]:
 
 
 def compare_runs(records, out: Path, at=None) -> dict:
-    """The figure and the per-configuration table of these runs, drawn by ``sofo_lab.compare``
+    """The figure and the per-configuration table of these runs, drawn by ``sofo_lab.analysis.compare``
     (``at``: read at that iteration or training second, ``compare_table.parse_at``)."""
-    from sofo_lab.compare import compare
+    from sofo_lab.analysis.compare import compare
 
     return compare([r["run_dir"] for r in records], out=out.parent, stem=out.stem, metrics=FIGURE_METRICS, at=at)
 
@@ -146,7 +146,7 @@ def one_round(args, task, n, seeds, extra, work, rows) -> list[dict]:
 def collect(root: Path, out: Path, at: str | None = None) -> int:
     """The JSON, table and figure of whatever the run directories under ``root`` hold so far
     (``at``: ``iteration=N`` or ``seconds=S``, every run read there)."""
-    from sofo_lab.compare_table import parse_at
+    from sofo_lab.analysis.compare_table import parse_at
 
     runs = [record(d) for d in sorted(root.iterdir()) if (d / "metrics.jsonl").exists() and "probe" not in d.name]
     written = compare_runs(runs, out, parse_at(at))

@@ -23,8 +23,9 @@ _WHERE = {
     # running a system (sofo_lab/core/system.py)
     "Batch": "core.system", "StepInput": "core.system", "Trajectory": "core.system", "simulate": "core.system",
     "rollout": "core.system",
-    # trained runs as data (sofo_lab/runs.py, sofo_lab/train/checkpoint.py)
-    "Run": "runs", "load_run": "runs", "save_params_npz": "train.checkpoint", "load_params_npz": "train.checkpoint",
+    # trained runs as data (sofo_lab/analysis/runs.py, sofo_lab/train/checkpoint.py)
+    "Run": "analysis.runs", "load_run": "analysis.runs",
+    "save_params_npz": "train.checkpoint", "load_params_npz": "train.checkpoint",
     "ConfigError": "core.errors",
 }
 

@@ -189,7 +189,7 @@ class SweepSummary(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = write_summary(str(config.hydra.sweep.dir))
         print(describe(table), file=sys.stderr, flush=True)
-        from sofo_lab.compare import after_sweep
+        from sofo_lab.analysis.compare import after_sweep
 
         after_sweep(str(config.hydra.sweep.dir))   # compare.png/.md/.csv; a failure is one warning line
         if any(r["status"] != "completed" for r in table["runs"]):

@@ -15,7 +15,7 @@ import pytest
 from conftest import compose_config, run_cli
 from omegaconf import OmegaConf
 
-from sofo_lab import compare
+from sofo_lab.analysis import compare
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.help import key_comments, render
 from sofo_lab.train import console, per_optim

@@ -1,4 +1,4 @@
-"""The figure of ``sofo-compare`` (sofo_lab/compare.py): metrics against iteration and training seconds,
+"""The figure of ``sofo-compare`` (sofo_lab/analysis/compare.py): metrics against iteration and training seconds,
 a row per metric (the loss first, on a log scale when it is positive)."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def figure(path: Path, groups, metrics: list[str], refs: dict, spread: str, titl
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    from sofo_lab.compare import curve
+    from sofo_lab.analysis.compare import curve
 
     loss = metrics[0]
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.8 * len(metrics)), squeeze=False)

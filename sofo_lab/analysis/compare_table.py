@@ -1,4 +1,4 @@
-"""The tables of ``sofo-compare`` (sofo_lab/compare.py): one row per configuration, Markdown and CSV.
+"""The tables of ``sofo-compare`` (sofo_lab/analysis/compare.py): one row per configuration, Markdown and CSV.
 
 Each row holds the final metrics (mean, s.d. and count over the runs), or, with ``at``, the metrics
 read at one iteration or one training second (equal iterations, equal wall-clock), the run's

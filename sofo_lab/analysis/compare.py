@@ -22,7 +22,7 @@ Writes, into the first directory (or ``--out``):
   the logged metrics (``sofo_lab.train.reporting.reference_levels``: kalman's oracle and copy MSE, the
   streams' optimal entropy rates, influence's θ*) or given by the task class (``references``,
   e.g. the motor tasks' solved thresholds).
-- ``compare.md`` and ``compare.csv`` (sofo_lab/compare_table.py): per configuration, the final
+- ``compare.md`` and ``compare.csv`` (sofo_lab/analysis/compare_table.py): per configuration, the final
   metrics mean ± s.d. over seeds (the Markdown: the figure's metrics; the CSV: every metric), the
   number of runs and seeds, time per iteration (median step), training seconds, compilation and
   step memory. When the runs log ``eval/solved`` (1 where the task's criterion is met), also
@@ -45,7 +45,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sofo_lab.compare_table import is_number, logs_solved, markdown, parse_at, table_rows, write_csv
+from sofo_lab.analysis.compare_table import is_number, logs_solved, markdown, parse_at, table_rows, write_csv
 from sofo_lab.train import per_optim
 from sofo_lab.train.reporting import reference_levels
 
@@ -288,7 +288,7 @@ def compare(paths, out: str | Path | None = None, spread: str = "minmax", title:
     ``metrics``: more metrics to plot and tabulate after the loss and the headline (see ``metric_key``).
     ``at``: ("iteration", N) or ("seconds", S) (``compare_table.parse_at``): the tables read every run
     there (equal iterations, equal wall-clock) instead of at its end; the figure marks it."""
-    from sofo_lab.compare_plot import figure
+    from sofo_lab.analysis.compare_plot import figure
 
     dirs = find_runs(paths)
     if not dirs:
