@@ -46,7 +46,7 @@ QUIET = ("logger=none", "progress=false", "plots=false", "resume=false")
 
 
 def run_cli(overrides, run_dir: Path) -> Path:
-    """One run through the real command line (``python -m sofo_lab.cli <overrides>``, quiet) into
+    """One run through the real command line (``python -m sofo_lab.cli.run <overrides>``, quiet) into
     ``run_dir``, its console output kept out of the benchmark's. Hydra writes ``.hydra/`` there, so that
     ``sofo_lab.analysis.compare`` tells the runs apart by their overrides. A run that stopped (diverged) is a
     result: its summary.json says so; a run that wrote no summary is an error.
@@ -58,7 +58,7 @@ def run_cli(overrides, run_dir: Path) -> Path:
     (run_dir / "summary.json").unlink(missing_ok=True)   # a summary from an earlier benchmark is not this run's
     env = {"JAX_COMPILATION_CACHE_DIR": str(run_dir.parent / ".jax_cache"),
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", **os.environ}
-    proc = subprocess.run([sys.executable, "-m", "sofo_lab.cli", *overrides, *QUIET, f"hydra.run.dir={run_dir}"],
+    proc = subprocess.run([sys.executable, "-m", "sofo_lab.cli.run", *overrides, *QUIET, f"hydra.run.dir={run_dir}"],
                           capture_output=True, text=True, env=env)
     if not (run_dir / "summary.json").is_file():
         raise RuntimeError(f"sofo-run {' '.join(overrides)} (exit {proc.returncode}) wrote no summary:\n"

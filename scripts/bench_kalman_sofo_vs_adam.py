@@ -4,7 +4,7 @@
 
 Both optimizers train the same rate RNN on the same batches (the runner's train step: batch sampled
 inside from (seed, iteration)), several seeds each, every run through the command line
-(``python -m sofo_lab.cli``, run directories in ``<out>_runs/`` next to the JSON). SOFO runs
+(``python -m sofo_lab.cli.run``, run directories in ``<out>_runs/`` next to the JSON). SOFO runs
 ``--iterations`` updates on every seed; its mean training seconds are Adam's budget: Adam runs
 that budget over its step time (from a short probe run), at least ``--iterations`` updates, and is
 scored at SOFO's iteration count (equal iterations) and at its end (equal wall-clock). Every

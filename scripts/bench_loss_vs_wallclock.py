@@ -5,7 +5,7 @@
                                               [--iterations N] [--seed S]
 
 Each optimizer trains task=kalman (rnn N=32, B=32, T=100) with its default hyperparameters from
-conf/optim/ through the command line (``python -m sofo_lab.cli``, logger=none), evaluating on
+conf/optim/ through the command line (``python -m sofo_lab.cli.run``, logger=none), evaluating on
 the fixed held-out batch every few iterations (and at iteration 0); each record is read back from
 its run directory. Time is the runner's ``time_s``: training seconds, with compilation, evaluation
 and checkpoints excluded. The figure and the table are drawn by ``sofo_lab.analysis.compare`` (the code

@@ -12,7 +12,7 @@ Per task:
    clipping. Best = the most reaches within 1 cm at the end (ties: lower held-out loss).
 3. The best Adam setting on every other seed, for the same training time.
 
-Every run goes through the command line (``python -m sofo_lab.cli ... hydra.run.dir=<dir>``,
+Every run goes through the command line (``python -m sofo_lab.cli.run ... hydra.run.dir=<dir>``,
 directories under ``outputs/bench/<out>_runs/``) with held-out evaluations every ``iterations/20``
 SOFO iterations (Adam: the same number of evaluations over its run), and its record is read back
 from its directory. Scored: at SOFO's iteration count (equal iterations) and at the end (equal

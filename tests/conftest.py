@@ -41,7 +41,7 @@ def run_cli(args, cwd, env=None, timeout=300):
     """Run ``sofo-run`` (through this interpreter) and capture its output."""
     full_env = {**os.environ, **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run([sys.executable, "-m", "sofo_lab.cli", *args], cwd=cwd, env=full_env,
+    return subprocess.run([sys.executable, "-m", "sofo_lab.cli.run", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -72,7 +72,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert out.returncode == 0, out.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *KALMAN, *args, f"hydra.run.dir={killed}"],
+    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli.run", *KALMAN, *args, f"hydra.run.dir={killed}"],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / "checkpoints/last.pkl"
     deadline = time.time() + 120
@@ -152,7 +152,7 @@ def test_hydra_flags_behave_as_in_any_hydra_app(tmp_path, args, expect):
 
 
 def test_two_runs_started_together_get_different_directories(tmp_path):
-    cmd = [sys.executable, "-m", "sofo_lab.cli", *KALMAN, *TINY]
+    cmd = [sys.executable, "-m", "sofo_lab.cli.run", *KALMAN, *TINY]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=300) for p in procs]

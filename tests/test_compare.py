@@ -16,8 +16,9 @@ from conftest import compose_config, run_cli
 from omegaconf import OmegaConf
 
 from sofo_lab.analysis import compare
+from sofo_lab.cli import compare as compare_cli
+from sofo_lab.cli.help import key_comments, render
 from sofo_lab.core.errors import ConfigError
-from sofo_lab.help import key_comments, render
 from sofo_lab.train import console, per_optim
 from sofo_lab.train.reporting import reference_levels
 
@@ -173,15 +174,15 @@ def test_compare_draws_and_tabulates_more_metrics_with_the_tasks_solved_levels(t
 
 def test_compare_command_takes_metrics_and_tables_without_solved_stay_as_they_were(tmp_path, capsys):
     sweep = _reach_runs(tmp_path / "reach")
-    compare.main([str(sweep), "--metrics", "hold_error_cm"])
+    compare_cli.main([str(sweep), "--metrics", "hold_error_cm"])
     out = capsys.readouterr().out
     assert "| final eval/loss | final eval/within_1cm | final eval/hold_error_cm | solved (seeds) |" in out
     kalman = tmp_path / "kalman"
     _run_dir(kalman, "0", "sofo", 0, [2.0, 1.0])
-    compare.main([str(kalman)])
+    compare_cli.main([str(kalman)])
     assert "solved" not in capsys.readouterr().out          # the task logs no eval/solved: no such columns
     with pytest.raises(SystemExit) as exit_:
-        compare.main(["--help"])
+        compare_cli.main(["--help"])
     page = " ".join(capsys.readouterr().out.split())     # argparse wraps to the terminal's width
     assert exit_.value.code == 0 and "--metrics M1,M2" in page and "eval/<name> when logged" in page
 
@@ -312,8 +313,8 @@ def test_compare_at_an_iteration_or_a_second_reads_every_run_there(tmp_path, cap
     assert rows["optim=adam"]["ended_before"] == "0 (completed), 1 (diverged)"
     assert "optim=adam: seeds 0 (completed), 1 (diverged) ended before 0.45 s: their last evaluation is read." in (
         sweep / "at045.md").read_text()
-    compare.main([str(sweep), "--at", "seconds=0.45", "--out", str(tmp_path / "cli")])
+    compare_cli.main([str(sweep), "--at", "seconds=0.45", "--out", str(tmp_path / "cli")])
     assert "eval/loss at 0.45 s" in capsys.readouterr().out
     for bad in ("iterations=10", "seconds=-1", "iteration=ten"):
         with pytest.raises(SystemExit, match=f"--at {bad}: expected iteration=N or seconds=S"):
-            compare.main([str(sweep), "--at", bad])
+            compare_cli.main([str(sweep), "--at", bad])

@@ -186,7 +186,7 @@ def test_full_disk_before_and_during_a_run(tmp_path, tiny_disk):
     run = tiny_disk / "run"
     args = [*TINY, "iterations=400", "checkpoint_every=20", "log_every=1", "eval_every=1000",
             f"hydra.run.dir={run}"]
-    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *args], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli.run", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 180
     while not (run / checkpoint.CHECKPOINT).exists() and time.time() < deadline and proc.poll() is None:
@@ -211,7 +211,7 @@ def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_pa
     run = tmp_path / "run"
     args = [*TINY, "iterations=300", "checkpoint_every=25", "log_every=25", "eval_every=100",
             f"hydra.run.dir={run}"]
-    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *args], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli.run", *args], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 180
@@ -338,7 +338,7 @@ def test_the_divergence_line_is_the_last_thing_printed_even_with_wandb(tmp_path)
     run = tmp_path / "run"
     env = {**os.environ, "WANDB_MODE": "offline"}
     env.pop("HYDRA_FULL_ERROR", None)
-    out = subprocess.run([sys.executable, "-m", "sofo_lab.cli", *TINY, "logger=wandb", "iterations=20",
+    out = subprocess.run([sys.executable, "-m", "sofo_lab.cli.run", *TINY, "logger=wandb", "iterations=20",
                           "checkpoint_every=1000", "optim.lr=1e30", f"hydra.run.dir={run}"], cwd=tmp_path, env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stdout, out.stdout[-3000:]

@@ -34,7 +34,7 @@ def test_non_editable_install_runs_from_any_directory(tmp_path):
     # A user's own tasks.py in the working directory must not shadow the task catalogue
     # (installed as sofo_lab.tasks): importing it would fail loudly.
     (elsewhere / "tasks.py").write_text("raise SystemExit('the user tasks.py was imported')\n")
-    where = subprocess.run([str(py), "-c", "import sofo_lab.cli as c, sofo_lab.conf as conf, sofo_lab.tasks as tasks; "
+    where = subprocess.run([str(py), "-c", "import sofo_lab.cli.run as c, sofo_lab.conf as conf, sofo_lab.tasks as tasks; "
                             "print(c.__file__); print(conf.CONF_DIR); print(tasks.__file__)"],
                            cwd=elsewhere, capture_output=True, text=True)
     assert where.returncode == 0, where.stderr

@@ -1,4 +1,4 @@
-"""SLURM jobs that can never start (README, "What goes wrong"): sofo_lab.slurm reads squeue/sinfo,
+"""SLURM jobs that can never start (README, "What goes wrong"): sofo_lab.cli.slurm reads squeue/sinfo,
 decides which pending reasons never resolve for the request, and cancels the sweep with one line."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ SINFO = "node1 2 3900 (null)\nnode2 2 3900 gpu:1\n"
 
 
 def test_slurm_pending_reasons_that_never_resolve():
-    from sofo_lab import slurm
+    from sofo_lab.cli import slurm
 
     nodes = slurm.parse_sinfo(SINFO)
     assert nodes == [{"node": "node1", "cpus": 2, "mem_mb": 3900, "gpus": 0},
@@ -29,7 +29,7 @@ def test_slurm_pending_reasons_that_never_resolve():
 
 
 def test_slurm_watch_cancels_a_job_that_never_starts(monkeypatch, capsys):
-    from sofo_lab import slurm
+    from sofo_lab.cli import slurm
 
     calls = []
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from sofo_lab import sweep
+from sofo_lab.cli import sweep
 
 SMALL = ["task=kalman", "model=rnn", "optim=adam", "iterations=3", "batch_size=4", "task.n_steps=20",
          "model.n_hidden=8", "progress=false", "plots=false"]
@@ -87,7 +87,7 @@ def test_collect_reports_failed_and_missing_runs(tmp_path):
 
 def _start(args, cwd, env=None):
     env = {k: v for k, v in {**os.environ, **(env or {})}.items() if not k.startswith("SLURM_")}  # not a job
-    return subprocess.Popen([sys.executable, "-m", "sofo_lab.cli", *args], cwd=cwd, env=env,
+    return subprocess.Popen([sys.executable, "-m", "sofo_lab.cli.run", *args], cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
 
@@ -141,7 +141,7 @@ def test_stop_signal_wandb_failures_and_resume_match_uninterrupted(tmp_path):
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
     env.update(WANDB_MODE="online", HOME=str(tmp_path), WANDB_BASE_URL="http://127.0.0.1:9")
-    straight = subprocess.run([sys.executable, "-m", "sofo_lab.cli", *LONG, "logger=wandb", "logger.mode=online",
+    straight = subprocess.run([sys.executable, "-m", "sofo_lab.cli.run", *LONG, "logger=wandb", "logger.mode=online",
                                f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-2000:]

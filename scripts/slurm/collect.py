@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from sofo_lab.sweep import describe, write_summary
+from sofo_lab.cli.sweep import describe, write_summary
 
 
 def main() -> int:

@@ -89,7 +89,7 @@ def main() -> None:
     while show(args.sweep_dir) and not args.once:
         time.sleep(args.interval)
     if not args.once:
-        from sofo_lab.sweep import describe, write_summary
+        from sofo_lab.cli.sweep import describe, write_summary
 
         print(describe(write_summary(args.sweep_dir)))
 

@@ -211,7 +211,7 @@ def _run(cfg: DictConfig):
     choices = {k: v for k, v in hc.runtime.choices.items() if not k.startswith("hydra")}
     console.install()   # also in submitit's job processes
     cfg = per_optim.apply(cfg, choices.get("optim"))   # +per_optim.<optim>.<key>: this optimizer's runs only
-    from sofo_lab.sweep import note_failure, sweep_dir_of
+    from sofo_lab.cli.sweep import note_failure, sweep_dir_of
 
     sweep_dir = sweep_dir_of(hc)
     if sweep_dir is not None and cfg.logger.get("name") == "wandb" and cfg.logger.get("group") is None:
@@ -264,8 +264,8 @@ def main() -> None:
     _user_modules_importable()
     _share_one_gpu(sys.argv[1:])
     console.install()
-    if any(a in ("-h", "--help") for a in sys.argv[1:]):   # sofo_lab/help.py; Hydra's own: --hydra-help
-        from sofo_lab.help import render
+    if any(a in ("-h", "--help") for a in sys.argv[1:]):   # sofo_lab/cli/help.py; Hydra's own: --hydra-help
+        from sofo_lab.cli.help import render
 
         print(render([a for a in sys.argv[1:] if a not in ("-h", "--help", "-m", "--multirun")]))
         sys.exit(0)
@@ -283,7 +283,7 @@ def main() -> None:
         print("interrupted before training started: nothing new to checkpoint (checkpoints already written are "
               "kept); rerun the same command to start or resume", file=sys.stderr)
         sys.exit(130)
-    from sofo_lab.sweep import sweep_incomplete
+    from sofo_lab.cli.sweep import sweep_incomplete
 
     sys.exit(max(_exit_code, 1 if sweep_incomplete() else 0))
 

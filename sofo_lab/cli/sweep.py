@@ -182,9 +182,9 @@ class SweepSummary(Callback):
             print(f"warning: could not update the sweep summary: {err}", file=sys.stderr)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        from sofo_lab import slurm
+        from sofo_lab.cli import slurm
 
-        slurm.install()   # a SLURM job that can never start is cancelled, in one line (sofo_lab/slurm.py)
+        slurm.install()   # a SLURM job that can never start is cancelled, in one line (sofo_lab/cli/slurm.py)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         table = write_summary(str(config.hydra.sweep.dir))

@@ -146,7 +146,7 @@ def install() -> None:
     """Watch every SLURM array job this process submits through submitit (idempotent).
 
     Hydra accepts launchers only from the ``hydra_plugins`` package, so instead of a launcher of
-    its own the sweep callback (``sofo_lab.sweep.SweepSummary.on_multirun_start``, in the
+    its own the sweep callback (``sofo_lab.cli.sweep.SweepSummary.on_multirun_start``, in the
     launching process) wraps ``submitit.AutoExecutor.map_array``: after submitting, ``watch``
     runs before hydra-submitit-launcher's ``job.results()`` starts waiting.
     """
