@@ -10,7 +10,7 @@ Periods of one trial (seconds; CPU default dt = 10 ms, T = 200):
     free window            no loss: move to target 2
     until the end          at target 2, zero velocity
 
-Channels (plus arm feedback θ − θ_start, θ̇ added by the closed loop, tasks/arm.py):
+Channels (plus arm feedback θ − θ_start, θ̇ added by the closed loop, tasks/plants/arm.py):
 
     hold_1, hold_2            1 before go_1 (resp. go_2), 0 after
     target1_dx, target1_dy    target 1 − start, in units of radius[1], during the delay only

@@ -5,7 +5,7 @@ A motor trial (times in seconds, steps of ``dt``):
     idle ─► delay (targets shown, hold at the start) ─► go_1 ─► free window ─► at target 1
          [─► go_2 = go_1 + gap ─► free window ─► at target 2]                (double reach)
 
-Outputs ``y_t = (hand x, y, ẋ, ẏ, τ1, τ2)`` (tasks/arm.py). Loss per step, summed over t
+Outputs ``y_t = (hand x, y, ẋ, ẏ, τ1, τ2)`` (tasks/plants/arm.py). Loss per step, summed over t
 (docs/motor.md):
 
     (loss_scale / T) · (1/B) Σ_b w_tb [ |p_tb − p*_tb|² + velocity_weight |ṗ_tb|² ] + effort_weight |τ|²
@@ -29,8 +29,8 @@ import numpy as np
 
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.core.system import Batch
-from sofo_lab.tasks.arm import ArmSystem, make_arm, start_hand
 from sofo_lab.tasks.base import Task
+from sofo_lab.tasks.plants.arm import ArmSystem, make_arm, start_hand
 
 TORQUE_OUTPUTS = ("torque_1", "torque_2")
 
@@ -303,6 +303,6 @@ class MotorTask(Task):
                 f"peak speed {speed:.2f} m/s")
 
     def plot(self, out_dir, batch, ys) -> list[str]:
-        from sofo_lab.tasks.motor_plots import plot_torques, plot_trajectories
+        from sofo_lab.tasks.plots.motor import plot_torques, plot_trajectories
 
         return [plot_trajectories(self, out_dir, batch, ys), plot_torques(self, out_dir, batch, ys)]

@@ -8,7 +8,7 @@ Periods of one trial (seconds; CPU default dt = 10 ms, T = 180):
     free window          no loss: move to the target
     until the end        at the target with zero velocity (weight target_weight)
 
-Channels (plus arm feedback θ − θ_start, θ̇ added by the closed loop, tasks/arm.py):
+Channels (plus arm feedback θ − θ_start, θ̇ added by the closed loop, tasks/plants/arm.py):
 
     hold        1 before the go cue, 0 after
     target_dx   target − start, in units of radius[1], during the delay only

@@ -12,7 +12,7 @@ from sofo_lab.core.errors import ConfigError
 from sofo_lab.core.losses import MeanSquaredError
 from sofo_lab.core.system import StepInput
 from sofo_lab.models import RateRNN
-from sofo_lab.tasks.arm import (ArmParams, ArmSystem, acceleration, arm_step, hand, kinetic_energy, make_arm, mass_matrix,
+from sofo_lab.tasks.plants.arm import (ArmParams, ArmSystem, acceleration, arm_step, hand, kinetic_energy, make_arm, mass_matrix,
                        start_hand, start_state)
 
 ARMS = [ArmParams(l2=0.30), ArmParams(l2=0.33)]

@@ -68,7 +68,7 @@ def test_load_run_returns_the_trained_network_of_a_real_run(tmp_path):
     _, ys, losses = sofo_lab.rollout(run.system, run.params, run.system.init_state(run.params, 3), batch)
     assert np.array_equal(ys, traj.outputs) and np.array_equal(losses, traj.losses)
     # y_t is the hand of the arm state after step t
-    from sofo_lab.tasks.arm import hand
+    from sofo_lab.tasks.plants.arm import hand
     assert np.allclose(hand(run.task.arm, traj.states.arm), traj.outputs[..., :4], atol=1e-6)
 
     # only params.npz and the config: still loads

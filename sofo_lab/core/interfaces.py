@@ -42,7 +42,7 @@ class System(Protocol):
     - ``sample_noise(key, T, B)`` returns ``[T, B, N]`` noise factors or ``None``.
 
     A model on its own is a system through ``sofo_lab.core.system.ModelSystem``; a closed-loop task
-    wraps the model with a differentiable plant (``sofo_lab.tasks.arm.ArmSystem``).
+    wraps the model with a differentiable plant (``sofo_lab.tasks.plants.arm.ArmSystem``).
     """
 
     loss: Loss

@@ -163,7 +163,7 @@ def simulate(system, params: Params, batch: Batch, *, state: State | None = None
     ``state``: the state before the first step (default: ``system.init_state``). ``key``: draw the
     dynamics noise (``system.sample_noise``) when the batch holds none; without it a noisy model
     runs noise-free. For a rate network the state is the pre-activation ``z``, the rates
-    ``φ(z)``; for a closed-loop task it is ``ArmState(net, arm)`` (sofo_lab/tasks/arm.py).
+    ``φ(z)``; for a closed-loop task it is ``ArmState(net, arm)`` (tasks/plants/arm.py).
     """
     batch = batch.materialize()
     if key is not None and batch.noise is None:
