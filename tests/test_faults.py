@@ -135,6 +135,23 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     assert "checksum mismatch" in str(err.value)
 
 
+def test_a_checkpoint_written_before_the_layers_still_loads(tmp_path, monkeypatch):
+    """A checkpoint pickles TrainState by its module's name: one written when that was
+    sofo_lab.runner (before sofo_lab/ was split into layers) loads as today's TrainState."""
+    import collections
+    import types
+
+    from sofo_lab.train.state import TrainState
+
+    old = types.ModuleType("sofo_lab.runner")
+    old.TrainState = collections.namedtuple("TrainState", TrainState._fields, module="sofo_lab.runner")
+    monkeypatch.setitem(sys.modules, "sofo_lab.runner", old)
+    checkpoint.save(tmp_path, old.TrainState(*_state(3)), {"seed": 0})
+    monkeypatch.delitem(sys.modules, "sofo_lab.runner")
+    state = checkpoint.load(tmp_path)["state"]
+    assert type(state) is TrainState and int(state.iteration) == 3
+
+
 def test_a_full_disk_mid_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatch):
     cfg = {"seed": 0}
     checkpoint.save(tmp_path, _state(2), cfg)

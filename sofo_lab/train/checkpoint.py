@@ -37,6 +37,10 @@ PREVIOUS = "checkpoints/prev.pkl"
 PARAMS_NPZ = "params.npz"    # next to last.pkl: the parameters alone, for numpy (save_params_npz)
 _TRAILER = b"\n#sha256="   # + 64 hex digits + b"\n" after the pickle
 _TRAILER_LEN = len(_TRAILER) + 65
+# Where the classes a checkpoint pickles by name (the training state, the arm's state) lived before
+# sofo_lab/ was split into layers: a checkpoint written then still resumes.
+_MOVED = {"sofo_lab.runner": "sofo_lab.train.state", "sofo_lab.system": "sofo_lab.core.system",
+          "sofo_lab.tasks.arm": "sofo_lab.tasks.plants.arm"}
 # Keys that do not change what a run computes; a resumed run may change them.
 _NOT_HASHED = ("logger", "checkpoint_every", "log_every", "resume", "progress", "plots", "hydra",
                "steps_per_dispatch")
@@ -117,6 +121,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        return super().find_class(_MOVED.get(module, module), name)
+
+
 def _verify(path: Path) -> tuple[dict | None, str]:
     """(payload, "") when ``path`` matches its checksum and unpickles, else (None, why not)."""
     if not path.is_file():
@@ -131,7 +140,7 @@ def _verify(path: Path) -> tuple[dict | None, str]:
     if hashlib.sha256(body).hexdigest().encode() != trailer[len(_TRAILER):-1]:
         return None, f"checksum mismatch ({len(blob)} bytes; truncated or corrupt)"
     try:
-        return pickle.loads(body), ""
+        return _Unpickler(io.BytesIO(body)).load(), ""
     except Exception as err:  # noqa: BLE001 - any unpickling failure means unusable
         return None, f"does not unpickle ({type(err).__name__})"
 

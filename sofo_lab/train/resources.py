@@ -24,6 +24,8 @@ from omegaconf import OmegaConf
 
 from sofo_lab.conf import CONF_DIR
 from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.system import rollout
+from sofo_lab.train.state import init_train_state
 
 # The keys that set a run's size, with where their defaults live (conf/<file>).
 SIZE_KEYS = {"batch_size": "config", "eval_batch_size": "config", "task.n_steps": "task",
@@ -70,9 +72,6 @@ def tree_bytes(tree) -> int:
 
 def shape_estimate(setup, cfg) -> dict[str, int]:
     """Bytes of the initial training state and of the held-out evaluation, from shapes alone."""
-    from sofo_lab.core.system import rollout
-    from sofo_lab.train.runner import init_train_state
-
     system, task = setup.system, setup.task
     out = {"training state": tree_bytes(jax.eval_shape(lambda: init_train_state(setup, 0, cfg.batch_size)))}
     B = setup.eval_batch_size

@@ -15,7 +15,6 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,14 +29,7 @@ from sofo_lab.train import checkpoint, console, preemption, profiling, resources
 from sofo_lab.train.assemble import Setup, build
 from sofo_lab.train.loggers import JsonlLogger, WandbLogger
 from sofo_lab.train.reporting import format_metrics, plot_loss_curve, write_json_atomic
-
-
-class TrainState(NamedTuple):
-    params: Any
-    opt_state: Any
-    data_state: Any
-    carry: Any              # network state carried across windows (streams); None when episodic
-    iteration: jax.Array    # int32 scalar: updates done so far
+from sofo_lab.train.state import TrainState, init_train_state, run_keys
 
 
 class TrainClock:
@@ -60,19 +52,6 @@ class TrainClock:
             self.paused[what] += time.perf_counter() - t
 
 
-def _keys(seed: int):
-    init, train, eval_, data = jax.random.split(jax.random.PRNGKey(seed), 4)
-    return init, train, eval_, data
-
-
-def init_train_state(setup: Setup, seed: int, batch_size: int) -> TrainState:
-    k_init, _, _, k_data = _keys(seed)
-    params = setup.system.init_params(k_init)
-    carry = None if setup.task.episodic else setup.system.init_state(params, batch_size)
-    return TrainState(params, setup.optimizer.init(params), setup.task.init_data(k_data, batch_size),
-                      carry, jnp.zeros((), jnp.int32))
-
-
 def training_batch(task, system, data_state, k_data, k_noise, batch_size: int):
     """The iteration's batch: a ``GeneratedBatch`` when the task can generate step by step (then
     the dynamics noise is drawn per step too), else the whole sampled ``Batch``."""
@@ -93,7 +72,7 @@ def training_batch(task, system, data_state, k_data, k_noise, batch_size: int):
 
 def make_train_step(setup: Setup, seed: int, batch_size: int):
     task, system, optimizer = setup.task, setup.system, setup.optimizer
-    _, k_train, _, _ = _keys(seed)
+    _, k_train, _, _ = run_keys(seed)
 
     def train_step(ts: TrainState):
         k_data, k_noise, k_opt = jax.random.split(jax.random.fold_in(k_train, ts.iteration), 3)
@@ -129,7 +108,7 @@ def make_train_steps(setup: Setup, seed: int, batch_size: int, n: int):
 def make_eval(setup: Setup, seed: int, batch_size: int):
     """A jitted evaluation on a fixed held-out batch, or None when the task has none."""
     task, system = setup.task, setup.system
-    _, _, k_eval, _ = _keys(seed)
+    _, _, k_eval, _ = run_keys(seed)
     k_batch, k_noise = jax.random.split(k_eval)
     batch = task.eval_batch(k_batch, batch_size)
     if batch is None:
