@@ -163,7 +163,7 @@ def test_a_full_disk_mid_checkpoint_keeps_the_last_good_one(tmp_path, monkeypatc
     with pytest.raises(OSError) as err:
         checkpoint.save(tmp_path, _state(4), cfg)
     assert int(checkpoint.load(tmp_path)["state"].iteration) == 2
-    msg = str(rundir.write_failed(err.value, tmp_path))
+    msg = str(checkpoint.write_failed(err.value, tmp_path))
     assert msg.startswith("the disk is full writing") and "(iteration 2) is intact" in msg and "rerun" in msg
 
 

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sofo_lab.conf import CONF_DIR
 from sofo_lab.core.errors import ConfigError, RunFailed
-from sofo_lab.train import console, per_optim, rundir
+from sofo_lab.train import checkpoint, console, per_optim, rundir
 
 GROUPS = ("task", "model", "optim", "logger", "experiment")   # the groups `sofo-run --help` is about
 _exit_code = 0
@@ -195,7 +195,7 @@ def precheck(argv: list[str]) -> None:
         setup = build(cfg, choices)   # before anything is written: a bad value leaves no directory
         if i == 0:
             _check_writable(cfg, multirun)
-            rundir.precheck(cfg, multirun)   # lock; resumable checkpoint
+            checkpoint.precheck(cfg, multirun)   # lock; resumable checkpoint
         resources.check_shapes(setup, cfg, launcher=cfg.hydra.get("launcher"))
 
 
@@ -226,7 +226,7 @@ def _run(cfg: DictConfig):
         _report(f"run failed: {err}", 1)
         return note_failure(err)
     except OSError as err:   # a full disk or lost permissions mid-run: one line, the checkpoint kept
-        _report(f"run failed: {(failed := rundir.write_failed(err, Path(hc.runtime.output_dir)))}", 1)
+        _report(f"run failed: {(failed := checkpoint.write_failed(err, Path(hc.runtime.output_dir)))}", 1)
         return note_failure(failed)
     return summary["final"].get("loss", float("nan"))
 

@@ -18,6 +18,7 @@ from scratch.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 
 from sofo_lab.core.errors import ConfigError, RunFailed
-from sofo_lab.train.rundir import write_atomic
+from sofo_lab.train.rundir import WriteFailed, lock, write_atomic
 
 CHECKPOINT = "checkpoints/last.pkl"
 PREVIOUS = "checkpoints/prev.pkl"
@@ -217,3 +218,35 @@ def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key}: {a!r} -> {b!r}")
     return out
+
+
+def write_failed(err: OSError, run_dir: Path) -> WriteFailed:
+    """The one line for an ``OSError`` while writing into ``run_dir`` mid-run."""
+    what = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "a write failed"
+    where = f" writing {err.filename}" if err.filename else ""
+    kept = newest_valid(run_dir)
+    kept = (f"the last good checkpoint {kept} is intact; free space and rerun the same command to resume"
+            if kept else "no checkpoint had been written yet; free space and rerun")
+    return WriteFailed(f"{what}{where} ({err.strerror or err}); {kept}")
+
+
+def precheck(cfg, multirun: bool) -> None:
+    """Before Hydra writes anything: hold a fixed run (or sweep) directory, and for a single run
+    refuse a checkpoint it could not resume (corrupt, or of a different config), so that a refused
+    run leaves ``.hydra/config.yaml`` and ``overrides.yaml`` as they were. A directory named after
+    the time (``${now:...}``, the default) is new for every start: the runner locks it."""
+    from omegaconf import OmegaConf
+
+    kind = "sweep" if multirun else "run"
+    raw = OmegaConf.to_container(cfg.hydra[kind], resolve=False)["dir"]
+    if "${now:" in str(raw):
+        return
+    try:
+        path = Path(str(OmegaConf.select(cfg, f"hydra.{kind}.dir", throw_on_resolution_failure=True)))
+        job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        container = OmegaConf.to_container(job, resolve=True)
+    except Exception:  # noqa: BLE001 - needs Hydra's runtime to resolve: the runner checks it
+        return
+    lock(path, f"hydra.{kind}.dir")
+    if not multirun and cfg.get("resume", True):
+        resume_payload(path, container, quiet=True)

@@ -11,11 +11,13 @@
 - ``probe(directory)``: writes (and deletes) 1 MiB, so a full or read-only disk fails before the
   run starts rather than at its first checkpoint.
 - ``WriteFailed``: what an ``OSError`` during a run becomes (one line: the file, the reason, the
-  checkpoint that is intact, what to do).
+  checkpoint that is intact, what to do; ``checkpoint.write_failed`` words it).
+
+The run directory knows nothing of checkpoints: checkpoint.py builds on it (``precheck``, the
+pre-check's lock and resumable checkpoint, is there).
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import os
 import tempfile
@@ -89,39 +91,3 @@ def probe(directory: str | Path, n_bytes: int = PROBE_BYTES) -> None:
             os.fsync(f.fileno())
     finally:
         path.unlink(missing_ok=True)
-
-
-def write_failed(err: OSError, run_dir: Path) -> WriteFailed:
-    """The one line for an ``OSError`` while writing into ``run_dir`` mid-run."""
-    from sofo_lab.train.checkpoint import newest_valid
-
-    what = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "a write failed"
-    where = f" writing {err.filename}" if err.filename else ""
-    kept = newest_valid(run_dir)
-    kept = (f"the last good checkpoint {kept} is intact; free space and rerun the same command to resume"
-            if kept else "no checkpoint had been written yet; free space and rerun")
-    return WriteFailed(f"{what}{where} ({err.strerror or err}); {kept}")
-
-
-def precheck(cfg, multirun: bool) -> None:
-    """Before Hydra writes anything: hold a fixed run (or sweep) directory, and for a single run
-    refuse a checkpoint it could not resume (corrupt, or of a different config), so that a refused
-    run leaves ``.hydra/config.yaml`` and ``overrides.yaml`` as they were. A directory named after
-    the time (``${now:...}``, the default) is new for every start: the runner locks it."""
-    from omegaconf import OmegaConf
-
-    from sofo_lab.train import checkpoint
-
-    kind = "sweep" if multirun else "run"
-    raw = OmegaConf.to_container(cfg.hydra[kind], resolve=False)["dir"]
-    if "${now:" in str(raw):
-        return
-    try:
-        path = Path(str(OmegaConf.select(cfg, f"hydra.{kind}.dir", throw_on_resolution_failure=True)))
-        job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
-        container = OmegaConf.to_container(job, resolve=True)
-    except Exception:  # noqa: BLE001 - needs Hydra's runtime to resolve: the runner checks it
-        return
-    lock(path, f"hydra.{kind}.dir")
-    if not multirun and cfg.get("resume", True):
-        checkpoint.resume_payload(path, container, quiet=True)
