@@ -38,13 +38,14 @@ without a prefix means ``eval/<name>`` when logged, else ``train/<name>``.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sofo_lab.analysis.compare_plot import figure
 from sofo_lab.analysis.compare_table import is_number, logs_solved, markdown, table_rows, write_csv
+from sofo_lab.conf import CONF_DIR
 from sofo_lab.train import per_optim
 from sofo_lab.train.reporting import reference_levels
 
@@ -191,18 +192,18 @@ def common_settings(runs: list[Run]) -> str:
 
 # --- metrics -------------------------------------------------------------------------------------
 def task_class(run: Run):
-    """The run's task class when it can be imported (for ``headline_metric``/``references``), else None."""
-    try:
-        target = run.config.get("task._target_")
-        if target:
-            from hydra.utils import get_class
+    """The run's task class when it can be imported (for ``headline_metric``/``references``), else None:
+    its config's ``task._target_``, or for a run whose config names none, that of the package's
+    ``conf/task/<task>.yaml`` (the task it chose)."""
+    target = run.config.get("task._target_")
+    if not target and run.choices.get("task"):
+        target = (_yaml(Path(CONF_DIR) / "task" / f"{run.choices['task']}.yaml") or {}).get("_target_")
+    if not target:
+        return None
+    from hydra.utils import get_class
 
-            return get_class(target)
-        try:
-            from sofo_lab.tasks import task_class as lookup
-        except ImportError:
-            from tasks import task_class as lookup
-        return lookup(run.config.get("task.name") or run.task)
+    try:
+        return get_class(target)
     except Exception:   # noqa: BLE001 - a user's task not importable here: use the logged metrics
         return None
 
@@ -246,27 +247,6 @@ def references(runs: list[Run], metric: str) -> dict[str, float]:
     return {label: statistics.fmean(v) for label, v in levels.items()}
 
 
-def curve(runs: list[Run], metric: str, spread: str = "minmax"):
-    """Per iteration over the runs that logged ``metric`` there: iteration, mean time_s, mean, low, high."""
-    at: dict[int, list] = {}
-    for run in runs:
-        for r in run.history:
-            if is_number(r.get(metric)) and "iteration" in r:
-                at.setdefault(int(r["iteration"]), []).append((r.get("time_s", math.nan), r[metric]))
-    rows = []
-    for it in sorted(at):
-        times, values = zip(*at[it])
-        mean = statistics.fmean(values)
-        if spread == "sd":
-            sd = statistics.stdev(values) if len(values) > 1 else 0.0
-            low, high = mean - sd, mean + sd
-        else:
-            low, high = min(values), max(values)
-        rows.append((it, statistics.fmean(t for t in times if is_number(t)) if any(map(is_number, times)) else math.nan,
-                     mean, low, high))
-    return rows
-
-
 def metric_key(runs: list[Run], name: str) -> str | None:
     """The logged key a ``--metrics`` name means: ``eval/<name>`` when logged, else ``train/<name>``,
     else the name itself (a name with a ``/`` is taken as it is); None when no run logged it."""
@@ -287,8 +267,6 @@ def compare(paths, out: str | Path | None = None, spread: str = "minmax", title:
     ``metrics``: more metrics to plot and tabulate after the loss and the headline (see ``metric_key``).
     ``at``: ("iteration", N) or ("seconds", S) (``compare_table.parse_at``): the tables read every run
     there (equal iterations, equal wall-clock) instead of at its end; the figure marks it."""
-    from sofo_lab.analysis.compare_plot import figure
-
     dirs = find_runs(paths)
     if not dirs:
         raise SystemExit(f"error: no runs (directories with metrics.jsonl) under {' '.join(map(str, paths))}")

@@ -1,9 +1,13 @@
-"""The figure of ``sofo-compare`` (sofo_lab/analysis/compare.py): metrics against iteration and training seconds,
-a row per metric (the loss first, on a log scale when it is positive)."""
+"""The figure of ``sofo-compare`` (sofo_lab/analysis/compare.py): metrics against iteration and
+training seconds, a row per metric (the loss first, on a log scale when it is positive), each
+configuration's line the mean over its seeds (``curve``)."""
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
+
+from sofo_lab.analysis.compare_table import is_number
 
 REF_STYLES = (":", "--", "-.", (0, (1, 3)), (0, (5, 2, 1, 2)))
 
@@ -14,6 +18,27 @@ def _pretty(metric: str, loss: str) -> str:
     return metric.split("/", 1)[-1].replace("_", " ") + (" (held-out)" if metric.startswith("eval/") else "")
 
 
+def curve(runs, metric: str, spread: str = "minmax"):
+    """Per iteration over the runs that logged ``metric`` there: iteration, mean time_s, mean, low, high."""
+    at: dict[int, list] = {}
+    for run in runs:
+        for r in run.history:
+            if is_number(r.get(metric)) and "iteration" in r:
+                at.setdefault(int(r["iteration"]), []).append((r.get("time_s", math.nan), r[metric]))
+    rows = []
+    for it in sorted(at):
+        times, values = zip(*at[it])
+        mean = statistics.fmean(values)
+        if spread == "sd":
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            low, high = mean - sd, mean + sd
+        else:
+            low, high = min(values), max(values)
+        rows.append((it, statistics.fmean(t for t in times if is_number(t)) if any(map(is_number, times)) else math.nan,
+                     mean, low, high))
+    return rows
+
+
 def figure(path: Path, groups, metrics: list[str], refs: dict, spread: str, title: str, common: str,
            at=None) -> str:
     import matplotlib
@@ -21,8 +46,6 @@ def figure(path: Path, groups, metrics: list[str], refs: dict, spread: str, titl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
-
-    from sofo_lab.analysis.compare import curve
 
     loss = metrics[0]
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 3.8 * len(metrics)), squeeze=False)
