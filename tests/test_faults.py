@@ -83,6 +83,7 @@ def test_compiled_update_memory_is_checked_and_names_the_tangents():
 def test_rtrl_limit_counts_the_update_work_not_only_the_jacobian():
     import jax
 
+    from sofo_lab.optim import rtrl
     from sofo_lab.train.profiling import compiled_memory_bytes, compile_timed
     from sofo_lab.train.runner import init_train_state, make_train_step
 
@@ -93,7 +94,7 @@ def test_rtrl_limit_counts_the_update_work_not_only_the_jacobian():
     P = sum(x.size for x in jax.tree.leaves(ts.params))
     S = ts.opt_state.jacobian.shape[0]
     assert measured > 4 * 4 * S * P                    # far more than J itself
-    assert abs(resources.rtrl_update_bytes(S, P) - measured) < 0.1 * measured
+    assert abs(rtrl.rtrl_update_bytes(S, P) - measured) < 0.1 * measured
 
 
 def test_sofo_run_refuses_a_batch_that_cannot_fit_in_one_line(tmp_path):

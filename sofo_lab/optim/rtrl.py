@@ -28,11 +28,11 @@ from jax.flatten_util import ravel_pytree
 
 from sofo_lab.core import checks
 from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.memory import available_bytes
 from sofo_lab.core.system import initial_state, step_with_loss
 from sofo_lab.core.tree import tree_zeros
 from sofo_lab.optim.base import Optimizer
 from sofo_lab.optim.transforms import make_transform
-from sofo_lab.train import resources
 
 
 class RtrlState(NamedTuple):
@@ -106,6 +106,13 @@ def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int,
     return Optimizer(init_fn, update_fn)
 
 
+def rtrl_update_bytes(S: int, P: int, itemsize: int = 4) -> int:
+    """What an RTRL update needs: J and J' (S×P each), the P×P identity whose columns the vmapped
+    jvp pushes through the step, and the step's tangents (about 2·S·P). Measured on the compiled
+    update (GRU, B=4, n_hidden 16/32): within 2% of 2·P² + 4·S·P floats."""
+    return itemsize * (2 * P * P + 4 * S * P)
+
+
 def from_config(system, *, iterations: int, n_steps: int, episodic: bool, update_every, max_jacobian, batch_size,
                 **update) -> Optimizer:
     """``optim=rtrl`` (conf/optim/rtrl.yaml); ``batch_size`` is the run's (B streams: J is [B·state, P])."""
@@ -120,7 +127,7 @@ def from_config(system, *, iterations: int, n_steps: int, episodic: bool, update
     if S * P > limit:
         raise ConfigError("optim.max_jacobian", limit, f"the Jacobian ∂s/∂θ would hold {S}×{P} = {S * P:.3g} floats "
                                                        f"(more than this); use a smaller model/batch or optim=uoro")
-    need, (free, where) = resources.rtrl_update_bytes(S, P), resources.available_bytes()
+    need, (free, where) = rtrl_update_bytes(S, P), available_bytes()
     if need > free:   # the update, not only J: J, J', the P×P identity and the P pushed tangents
         raise ConfigError("optim", "rtrl", f"an RTRL update of {P} parameters and {S} state numbers needs "
                                            f"about {need} bytes but {free} bytes are {where}; use a smaller "

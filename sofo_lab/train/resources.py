@@ -11,9 +11,8 @@ Two checks, both before anything large is allocated:
   already resident. ``task.n_steps=100000000`` with ``optim=adam`` (BPTT keeps every step) and
   ``optim.n_tangents=100000`` (K tangents of P parameters) are refused here.
 
-The available memory is the device's free memory on an accelerator (``memory_stats()``), and on
-CPU ``MemAvailable`` from ``/proc/meminfo`` (or the cgroup's limit, when lower). A refusal is
-one line: the key that made the run large, the estimated and the available bytes, what to lower.
+The available memory is ``available_bytes`` (sofo_lab/core/memory.py). A refusal is one line: the
+key that made the run large, the estimated and the available bytes, what to lower.
 """
 from __future__ import annotations
 
@@ -24,50 +23,13 @@ from omegaconf import OmegaConf
 
 from sofo_lab.conf import CONF_DIR
 from sofo_lab.core.errors import ConfigError
+from sofo_lab.core.memory import available_bytes, fmt_bytes, tree_bytes
 from sofo_lab.core.system import rollout
 from sofo_lab.train.state import init_train_state
 
 # The keys that set a run's size, with where their defaults live (conf/<file>).
 SIZE_KEYS = {"batch_size": "config", "eval_batch_size": "config", "task.n_steps": "task",
              "optim.n_tangents": "optim", "model.n_hidden": "model"}
-
-
-def available_bytes() -> tuple[int, str]:
-    """(bytes free for this run, where they are) on the default device."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        stats = device.memory_stats() or {}
-        if "bytes_limit" in stats:
-            return int(stats["bytes_limit"] - stats.get("bytes_in_use", 0)), f"free on {device.device_kind}"
-    free, where = _meminfo_available(), "available host memory (MemAvailable)"
-    limit = _cgroup_free()
-    if limit is not None and (free is None or limit < free):
-        free, where = limit, "left under this job's cgroup memory limit"
-    return (free if free is not None else 1 << 62), where
-
-
-def _meminfo_available() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):   # no /proc (macOS) or an odd format: try the next source
-        pass
-    return None
-
-
-def _cgroup_free() -> int | None:
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit == "max":
-            return None
-        return int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def tree_bytes(tree) -> int:
-    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree)))
 
 
 def shape_estimate(setup, cfg) -> dict[str, int]:
@@ -121,11 +83,11 @@ def refuse_if_too_big(cfg, need: dict[str, int], free: int | None = None, where:
     if total <= free:
         return
     key = culprit(cfg)
-    parts = ", ".join(f"{name} {_fmt(n)}" for name, n in sorted(need.items(), key=lambda kv: -kv[1]) if n)
+    parts = ", ".join(f"{name} {fmt_bytes(n)}" for name, n in sorted(need.items(), key=lambda kv: -kv[1]) if n)
     others = [k for k in SIZE_KEYS if k != key and OmegaConf.select(cfg, k, default=None) is not None]
     raise ConfigError(key, OmegaConf.select(cfg, key),
-                      f"the run needs about {_fmt(total)} ({total} bytes: {parts}) but {_fmt(free)} ({free} bytes) "
-                      f"is {where}; lower {key} (or {', '.join(others)})")
+                      f"the run needs about {fmt_bytes(total)} ({total} bytes: {parts}) but {fmt_bytes(free)} "
+                      f"({free} bytes) is {where}; lower {key} (or {', '.join(others)})")
 
 
 def check_shapes(setup, cfg, launcher=None) -> dict[str, int]:
@@ -150,17 +112,3 @@ def check_compiled(cfg, compiled_bytes: int | None, estimate: dict[str, int], fr
     if compiled_bytes is not None:
         resident = {k: v for k, v in estimate.items() if k != "training state"}
         refuse_if_too_big(cfg, {"compiled update": compiled_bytes, **resident}, free, where)
-
-
-def rtrl_update_bytes(S: int, P: int, itemsize: int = 4) -> int:
-    """What an RTRL update needs: J and J' (S×P each), the P×P identity whose columns the vmapped
-    jvp pushes through the step, and the step's tangents (about 2·S·P). Measured on the compiled
-    update (GRU, B=4, n_hidden 16/32): within 2% of 2·P² + 4·S·P floats."""
-    return itemsize * (2 * P * P + 4 * S * P)
-
-
-def _fmt(n: int) -> str:
-    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n} B"
