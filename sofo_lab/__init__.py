@@ -27,6 +27,11 @@ _WHERE = {
     "Run": "analysis.runs", "load_run": "analysis.runs",
     "save_params_npz": "train.checkpoint", "load_params_npz": "train.checkpoint",
     "ConfigError": "core.errors",
+    # what a trained network computes (sofo_lab/analysis/fixed_points.py, population.py; docs/analysis.md)
+    "fixed_points": "analysis.fixed_points", "FixedPoints": "analysis.fixed_points",
+    "starting_states": "analysis.fixed_points", "network_inputs": "analysis.fixed_points",
+    "condition_average": "analysis.population", "ConditionAverage": "analysis.population",
+    "pca": "analysis.population", "PCA": "analysis.population", "project": "analysis.population",
 }
 
 __all__ = ["__version__", *sorted(_WHERE)]
