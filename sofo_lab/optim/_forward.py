@@ -250,15 +250,20 @@ class Sketch(NamedTuple):
     c: jax.Array             # [K] = Vᵀ∇L (float64)
     ggn: jax.Array | None    # [K, K] = VᵀGV, symmetrized (float64); None when not requested
     final_state: Any         # primal state after the last step
+    c_trials: jax.Array | None = None   # [B, K]: each trial's share of C (Σ_b = C); None when not requested
 
 
 def forward_sketch(system, params, tangents, batch, carry, *, with_ggn: bool = True, stepper=None,
-                   sharding: LaneSharding = LaneSharding()) -> Sketch:
+                   sharding: LaneSharding = LaneSharding(), per_trial: bool = False) -> Sketch:
     """Run ``system`` once over ``batch`` in batched forward mode along ``tangents`` (leaves [K, ...]).
 
     ``carry`` None: episodic, the initial state's tangents are those of ``init_state`` (non-zero
     only when it is learned). Otherwise a stream: the carried state is a constant (its tangents
     are zero) and the returned ``final_state`` is the next carry.
+
+    ``per_trial``: also accumulate ``C_b = Σ_t (∂ℓ_t/∂y_b) · Ẏ_b`` for every trial b (``[B, K]``,
+    ``Σ_b C_b = C``): the spread of the K projected gradients over the batch, at the cost of a
+    ``[B, K]`` accumulator (no extra pass).
     """
     stepper = stepper or stepper_for(system)
     loss_fn = system.loss
@@ -276,7 +281,8 @@ def forward_sketch(system, params, tangents, batch, carry, *, with_ggn: bool = T
     dstate0 = stepper.from_lanes_first(params, state0, dstate0)
     axis = stepper.lane_axis
     with _x64():
-        acc0 = (jnp.zeros((), ACC), jnp.zeros((K,), ACC), jnp.zeros((K, K) if with_ggn else (0, 0), ACC))
+        acc0 = (jnp.zeros((), ACC), jnp.zeros((B, K) if per_trial else (K,), ACC),
+                jnp.zeros((K, K) if with_ggn else (0, 0), ACC))
 
     def body(c, xs):
         state, dstate, (loss, cvec, ggn) = c
@@ -284,7 +290,7 @@ def forward_sketch(system, params, tangents, batch, carry, *, with_ggn: bool = T
         state, y, dstate, dy = stepper.step(params, consts, state, dstate, x)
         dstate = sharding.constrain(dstate, axis)
         value, dl = jax.value_and_grad(loss_fn.value)(y, target, w)
-        c_t = jnp.einsum("bo,kbo->k", dl, dy)
+        c_t = jnp.einsum("bo,kbo->bk" if per_trial else "bo,kbo->k", dl, dy)
         g_t = loss_fn.ggn(y, target, w, dy) if with_ggn else None
         with _x64():
             loss = loss + value.astype(ACC)
@@ -294,10 +300,12 @@ def forward_sketch(system, params, tangents, batch, carry, *, with_ggn: bool = T
         return (state, dstate, (loss, cvec, ggn)), None
 
     (state, _, (loss, cvec, ggn)), _ = batch.scan(body, (state0, dstate0, acc0))
-    if with_ggn:
-        with _x64():
+    with _x64():
+        if with_ggn:
             ggn = 0.5 * (ggn + ggn.T)
-    return Sketch(loss, cvec, ggn if with_ggn else None, state)
+        c_trials = cvec if per_trial else None
+        cvec = jnp.sum(cvec, axis=0) if per_trial else cvec
+    return Sketch(loss, cvec, ggn if with_ggn else None, state, c_trials)
 
 
 def flat_tangents(tangents):
