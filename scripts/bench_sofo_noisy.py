@@ -152,16 +152,27 @@ def main(argv=None) -> dict:
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         ap.error(f"--methods {unknown}: choose from {list(METHODS)} or --define them")
-    cases = [c for c in CASES if c[2] in args.cases or c[0] in args.cases or f"{c[0]}:{c[1]}" in args.cases]
+    cases = [c for sel in args.cases for c in CASES if sel in (c[2], c[0], f"{c[0]}:{c[1]}")]   # in the order asked
     if args.quick:
         cases, args.seeds = cases[:1], args.seeds[:1]
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     jobs = [(t, m, cls, meth, s) for t, m, cls in cases for meth in args.methods for s in args.seeds]
+    def attempt(j):
+        try:
+            return run_one(work, j[0], j[1], j[3], j[4], args.iterations, args.quick)
+        except RuntimeError as err:   # one failed run does not stop the others; it is reported and left out
+            print(f"FAILED: {err}", file=sys.stderr)
+            return None
+
     with ThreadPoolExecutor(args.jobs) as pool:
-        dirs = list(pool.map(lambda j: run_one(work, j[0], j[1], j[3], j[4], args.iterations, args.quick), jobs))
+        dirs = list(pool.map(attempt, jobs))
+    if args.quick and None in dirs:
+        sys.exit("a run failed (above)")
     records = []
     for (task, model, cls, method, seed), run_dir in zip(jobs, dirs):
+        if run_dir is None:
+            continue
         evals = evaluations(run_dir)
         end, best = end_and_best(evals)
         status = json.loads((run_dir / "summary.json").read_text())["status"]

@@ -218,7 +218,7 @@ def _optimizer(system, engine, *, stream: bool, batch_size, check=lambda params:
 
 def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int = 64, damping: float = 1e-3,
          orthonormalize: bool = False, adaptive_damping: bool = False, damping_range=(1e-6, 1.0),
-         stream: bool = False, batch_size: int | None = None) -> RecurrentOptimizer:
+         noise_aware: bool = False, stream: bool = False, batch_size: int | None = None) -> RecurrentOptimizer:
     """SOFO (Yu et al. 2024): a damped Gauss-Newton step in a fresh random K-dim subspace,
 
         V ∈ ℝ^{P×K} random,  C = Vᵀ∇L,  G̃ = VᵀGV  (one batched forward pass),
@@ -226,18 +226,23 @@ def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int
 
     G is the exact GGN of the loss: closed forms for "mse"/"xent", the exact Hessian of any other
     per-sample loss. ``learning_rate = 1`` is the full damped Gauss-Newton step. ``adaptive_damping``:
-    Levenberg-Marquardt λ within ``damping_range`` (docs/sofo.md). Memory is constant in T.
+    Levenberg-Marquardt λ within ``damping_range`` (docs/sofo.md). ``noise_aware``: λ (at least the
+    damping) chosen from the batch's per-trial gradients to maximize an unbiased estimate of the
+    decrease on held-out trials, for a step of ``learning_rate`` (1 with ``tx`` or a schedule); what
+    ``sofo-run`` does by default (docs/sofo.md, "Noisy tasks"). Memory is constant in T.
     """
     system = make_system(step, loss, init_state)
     n_tangents = _tangents(n_tangents)
     damping = _damping(damping)
     orthonormalize = checks.boolean("orthonormalize", orthonormalize)
     adaptive_damping = checks.boolean("adaptive_damping", adaptive_damping)
+    noise_aware = checks.boolean("noise_aware", noise_aware)
     low, high = _damping_range(damping_range)
+    length = float(learning_rate) if tx is None and isinstance(learning_rate, (int, float)) else 1.0
     tx = _transform(tx, learning_rate, optax.sgd)
     engine = lambda s: _sofo.sofo(s, tx, n_tangents=n_tangents, damping=damping,  # noqa: E731
                                   orthonormalize=orthonormalize, fast=False, adaptive_damping=adaptive_damping,
-                                  damping_min=low, damping_max=high)
+                                  damping_min=low, damping_max=high, noise_aware=noise_aware, step_length=length)
     return _optimizer(system, engine, stream=stream, batch_size=batch_size,
                       check=lambda p: _tangents_fit(n_tangents, orthonormalize, p))
 

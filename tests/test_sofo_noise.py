@@ -56,10 +56,10 @@ def test_per_trial_gradients_are_each_trials_reverse_mode_gradient(fast, noise):
         assert plain.c_trials is None
 
 
-def test_noise_aware_step_picks_the_lambda_and_length_of_the_stein_estimate():
+def test_noise_aware_step_picks_the_lambda_of_the_largest_stein_estimate():
     """G̃ diagonal (its eigenbasis is the coordinate basis up to order and sign), per-trial gradients
-    set by hand; the chosen λ, the length η* and the step checked against the formula written out
-    here with numpy over the same grid."""
+    set by hand; the chosen λ and the step checked against the formula written out here with numpy
+    over the same grid."""
     with jax.enable_x64(True):
         s = np.array([4.0, 1.0, 0.01])
         full = np.array([[1.0, 0.5, 0.6],      # B·C_b: trial b's gradient of the mean loss, × B
@@ -68,39 +68,40 @@ def test_noise_aware_step_picks_the_lambda_and_length_of_the_stein_estimate():
                          [1.0, 0.5, -0.4]])
         Bt = full.shape[0]
         c = full.mean(0)
-        floor = 1e-4
-        step = noise_aware_solve(jnp.diag(s), jnp.asarray(c), jnp.asarray(full / Bt), floor)
+        floor, eta = 1e-4, 0.3
+        step = noise_aware_solve(jnp.diag(s), jnp.asarray(c), jnp.asarray(full / Bt), floor, eta)
         noise = full.var(0, ddof=1) / Bt
         best = None
         for f in NOISE_GRID:
             d = s + floor * f * s.max()
-            signal = np.sum((c ** 2 - noise) / d)
-            quad = np.sum(s * c ** 2 / d ** 2)
-            gain = 0.5 * signal ** 2 / quad if signal > 0 else 0.0
+            gain = eta * np.sum((c ** 2 - noise) / d) - 0.5 * eta ** 2 * np.sum(s * c ** 2 / d ** 2)
             if best is None or gain > best[0]:
-                best = (gain, floor * f, min(1.0, signal / quad), c / d)
-        gain, lam, eta, z = best
+                best = (gain, floor * f, c / d)
+        gain, lam, z = best
         assert lam >= 100 * floor and gain > 0   # the noisy low-curvature direction pushed λ up
         np.testing.assert_allclose(float(step.damping), lam, rtol=1e-12)
-        np.testing.assert_allclose(float(step.scale), eta, rtol=1e-10)
-        np.testing.assert_allclose(np.abs(np.asarray(step.z)), np.abs(eta * z), rtol=1e-10)
+        np.testing.assert_allclose(float(step.gain), gain, rtol=1e-10)
+        np.testing.assert_allclose(np.abs(np.asarray(step.z)), np.abs(z), rtol=1e-10)
+        # the estimate at the floor is negative: the plain damped step would raise the held-out loss
+        d0 = s + floor * s.max()
+        assert eta * np.sum((c ** 2 - noise) / d0) - 0.5 * eta ** 2 * np.sum(s * c ** 2 / d0 ** 2) < 0
 
 
 def test_noise_aware_step_without_noise_is_the_damped_step():
-    """Every trial with the same gradient: no noise, so the floor λ and the full damped step."""
+    """Every trial with the same gradient: no noise, so the floor λ and the plain damped step."""
     with jax.enable_x64(True):
         key = jax.random.PRNGKey(2)
         a = jax.random.normal(key, (K, K), jnp.float64)
         ggn = a @ a.T
         c = jax.random.normal(jax.random.PRNGKey(3), (K,), jnp.float64)
-        step = noise_aware_solve(ggn, c, jnp.tile(c / 4, (4, 1)), 1e-3)
+        step = noise_aware_solve(ggn, c, jnp.tile(c / 4, (4, 1)), 1e-3, 0.3)
         z, _ = damped_solve(ggn, c, 1e-3)
         assert float(step.damping) == pytest.approx(1e-3)
-        assert float(step.scale) == 1.0
         np.testing.assert_allclose(step.z, z, rtol=1e-10)
         # pure noise (the trials' gradients cancel): no λ promises a decrease, no step
         flip = jnp.stack([c, -c, c, -c]) / 4
-        assert float(jnp.abs(noise_aware_solve(ggn, jnp.zeros(K, jnp.float64), flip, 1e-3).z).max()) == 0.0
+        none = noise_aware_solve(ggn, jnp.zeros(K, jnp.float64), flip, 1e-3, 0.3)
+        assert float(none.gain) <= 0 and float(jnp.abs(none.z).max()) == 0.0
 
 
 def test_noise_aware_off_is_the_exact_step_and_on_changes_it():
@@ -139,3 +140,15 @@ def test_heldout_rho_is_the_last_steps_decrease_on_the_next_batch():
         np.testing.assert_allclose(float(m2["sofo/damping"]), 1e-2 * factor, rtol=1e-6)
         # the same-batch ρ is still reported, and differs from the held-out one
         assert float(m2["sofo/batch_rho"]) != pytest.approx(float(m2["sofo/rho"]), rel=1e-3)
+
+
+def test_noise_aware_sofo_runs_jitted_in_float32():
+    """The network in float32 and the solve in a local float64 scope, as under sofo-run."""
+    system, params, batch = _problem(noise=0.3)
+    batch = jax.tree.map(lambda x: x.astype(jnp.float32), batch)
+    params = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    opt = sofo(system, optax.sgd(0.3), n_tangents=K, adaptive_damping=True, noise_aware=True)
+    new, state, _, m = jax.jit(opt.update)(params, opt.init(params), batch, jax.random.PRNGKey(0), None)
+    assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new))
+    assert np.isfinite(float(m["sofo/heldout_gain"]))
+    assert float(m["sofo/noise_damping"]) >= float(m["sofo/damping"]) * (1 - 1e-6)

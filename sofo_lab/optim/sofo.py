@@ -71,28 +71,27 @@ class NoiseAwareStep(NamedTuple):
     z: jax.Array             # [K] subspace coefficients of the step (float64)
     s: jax.Array             # [K] eigenvalues of G̃
     damping: jax.Array       # the λ chosen (≥ the floor)
-    scale: jax.Array         # η* ∈ [0, 1], the step's length along (G̃ + λ s_max I)⁻¹ C
-    signal: jax.Array        # the unbiased estimate of the held-out gradient's CᵀD⁻¹C at that λ, over the batch's
+    gain: jax.Array          # the estimated held-out decrease of the step η V z at that λ (≤ 0: no step)
 
 
-def noise_aware_solve(ggn, c, c_trials, damping_floor) -> NoiseAwareStep:
-    """The damped Gauss-Newton step whose *held-out* decrease is estimated largest (docs/sofo.md,
-    "Noisy tasks").
+def noise_aware_solve(ggn, c, c_trials, damping_floor, step_length, guard: bool = True) -> NoiseAwareStep:
+    """The damped Gauss-Newton step whose decrease on *held-out* trials is estimated largest
+    (docs/sofo.md, "Noisy tasks").
 
     The batch's projected gradient is ``C = g + ε``: the population gradient ``g`` (in the subspace)
     plus sampling noise with covariance ``Σ``, estimated from the per-trial gradients ``C_b``
     (``[B, K]``, ``Σ_b C_b = C``) as ``Σ = Cov_b(B C_b) / B``. In G̃'s eigenbasis (``G̃ = U S Uᵀ``,
-    ``D = S + λ s_max``, ``z = D⁻¹ UᵀC``) the population loss after the step ``−η U z`` falls by
+    ``D = S + λ s_max I``, ``z = D⁻¹ UᵀC``) the population loss after the step ``−η U z`` falls by
     ``η gᵀU D⁻¹UᵀC − ½ η² zᵀ S z`` in the quadratic model, and since ``E[ε] = 0``
 
         signal(λ) = CᵀU D⁻¹ UᵀC − tr(D⁻¹ UᵀΣU)
 
-    estimates ``gᵀ U D⁻¹ Uᵀ g`` without bias (Stein, Ann. Statist. 1981: an unbiased risk estimate).
-    The best length is ``η* = signal / zᵀSz`` with estimated decrease ``½ signal² / zᵀSz``. λ is the
-    candidate ``damping_floor × NOISE_GRID`` with the largest estimated decrease, and the step is
-    ``min(1, η*) z``: never longer than the Gauss-Newton step at the floor, zero when no λ promises
-    a decrease beyond the batch's noise. Without noise (``C_b`` all alike) ``signal`` is CᵀD⁻¹C,
-    the largest decrease is at the floor with ``η* ≥ 1``: the plain damped step.
+    estimates ``gᵀ U D⁻¹ Uᵀ g`` without bias (Stein's unbiased risk estimate, Ann. Statist. 1981).
+    With ``η = step_length`` (the learning rate), λ is the candidate ``damping_floor × NOISE_GRID``
+    that maximizes the estimated held-out decrease ``gain = η signal − ½ η² zᵀSz``; when no
+    candidate promises a decrease (``gain ≤ 0``: the batch's gradient is within its noise) the step
+    is zero. Without noise (``C_b`` all alike) the floor wins whenever the step at the floor is
+    predicted to help: the plain damped step.
     """
     with _forward._x64():
         s, u = jnp.linalg.eigh(ggn)
@@ -106,12 +105,15 @@ def noise_aware_solve(ggn, c, c_trials, damping_floor) -> NoiseAwareStep:
         d = jnp.where(d > 0, d, 1.0)
         signal = jnp.sum((proj ** 2 - noise) / d, axis=1)                 # [L]
         quad = jnp.sum(s * proj ** 2 / d ** 2, axis=1)                    # zᵀ S z
-        gain = jnp.where((signal > 0) & (quad > 0), 0.5 * signal ** 2 / jnp.where(quad > 0, quad, 1.0), 0.0)
-        best = jnp.argmax(gain)
-        scale = jnp.where(quad[best] > 0, jnp.clip(signal[best] / jnp.where(quad[best] > 0, quad[best], 1.0), 0.0, 1.0),
-                          jnp.where(signal[best] > 0, 1.0, 0.0))
-        z = u @ (scale * proj / d[best])
-    return NoiseAwareStep(z, s, lams[best], scale, signal[best])
+        gain = step_length * signal - 0.5 * step_length ** 2 * quad
+        top = gain == jnp.max(gain)                                       # argmax as a one-hot, first of ties
+        if guard:   # the floor's own step unless it is estimated to raise the held-out loss
+            top = jnp.where(gain[0] > 0, jnp.arange(gain.shape[0]) == 0, top)
+        pick = top & (jnp.cumsum(top.astype(jnp.int32)) == 1)             # (jnp.argmax mixes dtypes under _x64)
+        gain, lam = (jnp.sum(jnp.where(pick, x, 0.0)) for x in (gain, lams))
+        d = jnp.sum(jnp.where(pick[:, None], d, 0.0), axis=0)
+        z = u @ jnp.where(gain > 0, proj / d, 0.0)
+    return NoiseAwareStep(z, s, lam, gain)
 
 
 def curvature_metrics(s, damping) -> dict:
@@ -162,7 +164,8 @@ def _restart(fresh_inner, inner):
 def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-3,
          orthonormalize: bool = False, sharding: _forward.LaneSharding = _forward.LaneSharding(),
          fast: bool = True, adaptive_damping: bool = False, damping_min: float = 1e-6,
-         damping_max: float = 1.0, noise_aware: bool = False, heldout_rho: bool = False) -> Optimizer:
+         damping_max: float = 1.0, noise_aware: bool = False, heldout_rho: bool = False,
+         step_length: float = 1.0) -> Optimizer:
     """SOFO with ``transform`` (an optax transformation) applied to the direction ``V z``.
 
     With ``adaptive_damping`` a batch on which the current parameters are non-finite (a closed loop
@@ -171,7 +174,8 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     so that the runner goes on instead of stopping at a non-finite loss.
 
     ``noise_aware``: choose λ (at least the Levenberg-Marquardt one) and the step's length from an
-    unbiased estimate of the decrease on trials the step was not fitted to (``noise_aware_solve``).
+    unbiased estimate of the decrease on trials the step was not fitted to (``noise_aware_solve``),
+    for a step of ``step_length`` times ``V z`` (the learning rate; a schedule's peak).
     ``heldout_rho`` (with adaptive damping, on
     episodic batches): λ adapts from ρ measured on the *next* batch, trials the step was not fitted
     to, ``ρ = (L_{t+1}(θ_{t−1}) − L_{t+1}(θ_t)) / predicted_t``; the step's own batch still rejects
@@ -194,10 +198,11 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
             lam, heldout, metrics = _heldout_damping(system, state, sketch, batch, lam)
             lam = jnp.clip(lam, damping_min, damping_max)
         if noise_aware:
-            step = noise_aware_solve(sketch.ggn, sketch.c, sketch.c_trials, lam)
+            step = noise_aware_solve(sketch.ggn, sketch.c, sketch.c_trials, lam, step_length,
+                                     guard=noise_aware == "guard")
             z, s = step.z, step.s
             metrics.update({"sofo/noise_damping": step.damping.astype(jnp.float32),
-                            "sofo/step_scale": step.scale.astype(jnp.float32)})
+                            "sofo/heldout_gain": step.gain.astype(jnp.float32)})
         else:
             z, s = damped_solve(sketch.ggn, sketch.c, lam)
         direction = _forward.combine(tangents, z)
@@ -297,6 +302,14 @@ def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates
     return keep(new_params, params), keep(inner, _restart(fresh_inner, inner)), lam * factor, metrics
 
 
+def _step_length(update: dict) -> float:
+    """η for the noise-aware solve: the plain SGD learning rate, a schedule's ``peak``/``lr`` (the
+    longest step it takes); 1 for Adam (its step is not a multiple of V z)."""
+    if update.get("update", "sgd") != "sgd":
+        return 1.0
+    return float(update.get("lr", 1.0))
+
+
 def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tangents, damping, orthonormalize,
                 adaptive_damping, damping_range, shard, fast, noise_aware, heldout_rho,
                 **update) -> Optimizer:
@@ -316,10 +329,10 @@ def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tang
             or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds) \
             or not 0 < bounds[0] <= bounds[1] < float("inf"):
         raise ConfigError("optim.damping_range", bounds, "must be [min, max] with 0 < min <= max (adaptive λ bounds)")
-    aware = checks.boolean("optim.noise_aware", noise_aware)
+    aware = noise_aware if noise_aware in ("guard", "best") else checks.boolean("optim.noise_aware", noise_aware)
     heldout = checks.boolean("optim.heldout_rho", heldout_rho)
     transform = make_transform(update, iterations)
     return sofo(system, transform, n_tangents=k, damping=float(damping), orthonormalize=ortho,
                 sharding=_forward.lane_sharding(shard, k), fast=fast,
                 adaptive_damping=adaptive, damping_min=float(bounds[0]), damping_max=float(bounds[1]),
-                noise_aware=aware, heldout_rho=heldout)
+                noise_aware=aware, heldout_rho=heldout, step_length=_step_length(update))
