@@ -3,9 +3,9 @@
 Each run is a real ``sofo-run --config-dir conf task=<task> model=<model> ...`` from
 scripts/user_battery/ (tasks and a low-rank model written only against docs/library.md), for
 
-    sofo      the defaults of conf/optim/sofo.yaml
-    sofo_old  the defaults before issue 19 (no noise shrinkage, ρ on the step's own batch)
-    adam      Adam on full BPTT at its defaults (lr 1e-3)
+    sofo              the defaults of conf/optim/sofo.yaml
+    sofo_noise_aware  the same with optim.noise_aware=true (docs/sofo.md, "Noisy tasks")
+    adam              Adam on full BPTT at its defaults (lr 1e-3)
 
 over several seeds, with the held-out loss (``eval/loss``, 64 fixed trials) every 100 iterations.
 Printed per task × model and method, averaged over seeds: the held-out loss at fixed iterations,
@@ -46,7 +46,7 @@ CASES = [
 ]
 METHODS = {
     "sofo": ["optim=sofo"],
-    "sofo_old": ["optim=sofo", "optim.noise_aware=false", "optim.heldout_rho=false"],
+    "sofo_noise_aware": ["optim=sofo", "optim.noise_aware=true"],
     "adam": ["optim=adam"],
 }
 QUICK = ["batch_size=8", "model.n_hidden=8", "eval_batch_size=8"]
@@ -138,7 +138,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help=f"of {list(METHODS)} and --define'd ones")
     ap.add_argument("--define", nargs="+", default=[], metavar="NAME=OVERRIDE,...",
-                    help="a method of your own for a lever study, e.g. shrink_only=optim=sofo,optim.heldout_rho=false")
+                    help="a method of your own for a lever study, e.g. lr01=optim=sofo,optim.lr=0.1")
     ap.add_argument("--cases", nargs="+", default=["noisy", "deterministic"],
                     help="classes (noisy, deterministic), task names or task:model")
     ap.add_argument("--jobs", type=int, default=2, help="runs side by side (one core each)")

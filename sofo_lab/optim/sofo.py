@@ -71,10 +71,10 @@ class NoiseAwareStep(NamedTuple):
     z: jax.Array             # [K] subspace coefficients of the step (float64)
     s: jax.Array             # [K] eigenvalues of G̃
     damping: jax.Array       # the λ chosen (≥ the floor)
-    gain: jax.Array          # the estimated held-out decrease of the step η V z at that λ (≤ 0: no step)
+    scale: jax.Array         # η* ∈ [0, 1]: the step's length along (G̃ + λ s_max I)⁻¹ C
 
 
-def noise_aware_solve(ggn, c, c_trials, damping_floor, step_length, guard: bool = True) -> NoiseAwareStep:
+def noise_aware_solve(ggn, c, c_trials, damping_floor) -> NoiseAwareStep:
     """The damped Gauss-Newton step whose decrease on *held-out* trials is estimated largest
     (docs/sofo.md, "Noisy tasks").
 
@@ -87,11 +87,10 @@ def noise_aware_solve(ggn, c, c_trials, damping_floor, step_length, guard: bool 
         signal(λ) = CᵀU D⁻¹ UᵀC − tr(D⁻¹ UᵀΣU)
 
     estimates ``gᵀ U D⁻¹ Uᵀ g`` without bias (Stein's unbiased risk estimate, Ann. Statist. 1981).
-    With ``η = step_length`` (the learning rate), λ is the candidate ``damping_floor × NOISE_GRID``
-    that maximizes the estimated held-out decrease ``gain = η signal − ½ η² zᵀSz``; when no
-    candidate promises a decrease (``gain ≤ 0``: the batch's gradient is within its noise) the step
-    is zero. Without noise (``C_b`` all alike) the floor wins whenever the step at the floor is
-    predicted to help: the plain damped step.
+    The best length is ``η* = signal / zᵀSz``, with estimated decrease ``½ signal² / zᵀSz``; λ is the
+    candidate ``damping_floor × NOISE_GRID`` of largest estimated decrease and the step is
+    ``min(1, η*) z`` (zero when no candidate promises a decrease). Without noise (``C_b`` all
+    alike) the floor wins with ``η* ≥ 1``: the plain damped step.
     """
     with _forward._x64():
         s, u = jnp.linalg.eigh(ggn)
@@ -105,15 +104,15 @@ def noise_aware_solve(ggn, c, c_trials, damping_floor, step_length, guard: bool 
         d = jnp.where(d > 0, d, 1.0)
         signal = jnp.sum((proj ** 2 - noise) / d, axis=1)                 # [L]
         quad = jnp.sum(s * proj ** 2 / d ** 2, axis=1)                    # zᵀ S z
-        gain = step_length * signal - 0.5 * step_length ** 2 * quad
+        gain = jnp.where((signal > 0) & (quad > 0), 0.5 * signal ** 2 / jnp.where(quad > 0, quad, 1.0), 0.0)
         top = gain == jnp.max(gain)                                       # argmax as a one-hot, first of ties
-        if guard:   # the floor's own step unless it is estimated to raise the held-out loss
-            top = jnp.where(gain[0] > 0, jnp.arange(gain.shape[0]) == 0, top)
         pick = top & (jnp.cumsum(top.astype(jnp.int32)) == 1)             # (jnp.argmax mixes dtypes under _x64)
-        gain, lam = (jnp.sum(jnp.where(pick, x, 0.0)) for x in (gain, lams))
+        signal, quad, lam = (jnp.sum(jnp.where(pick, x, 0.0)) for x in (signal, quad, lams))
         d = jnp.sum(jnp.where(pick[:, None], d, 0.0), axis=0)
-        z = u @ jnp.where(gain > 0, proj / d, 0.0)
-    return NoiseAwareStep(z, s, lam, gain)
+        scale = jnp.where(quad > 0, jnp.clip(signal / jnp.where(quad > 0, quad, 1.0), 0.0, 1.0),
+                          jnp.where(signal > 0, 1.0, 0.0))
+        z = u @ (scale * proj / d)
+    return NoiseAwareStep(z, s, lam, scale)
 
 
 def curvature_metrics(s, damping) -> dict:
@@ -134,13 +133,10 @@ class SofoState(NamedTuple):
     inner: optax.OptState
     damping: jax.Array       # λ in use (float32 scalar); constant unless adaptive_damping
     previous: Any            # adaptive: the parameters before the last step (finite on their batch), else None
-    predicted: jax.Array     # the subspace model's predicted decrease of the last step (0: none taken)
-    heldout: jax.Array       # [2]: running means of the held-out actual and predicted decreases (heldout_rho)
 
 
 LM_LOWER, LM_UPPER, LM_SHRINK, LM_GROW = 0.25, 0.75, 2.0 / 3.0, 1.5   # Martens (2010) §4.1
 ROLLBACK_GROW = 10.0   # λ after a step whose next batch was non-finite
-HELDOUT_DECAY = 0.9    # running means of the held-out decreases: ρ over the last ~10 steps
 
 
 def _tree_vdot(a, b):
@@ -164,8 +160,7 @@ def _restart(fresh_inner, inner):
 def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-3,
          orthonormalize: bool = False, sharding: _forward.LaneSharding = _forward.LaneSharding(),
          fast: bool = True, adaptive_damping: bool = False, damping_min: float = 1e-6,
-         damping_max: float = 1.0, noise_aware: bool = False, heldout_rho: bool = False,
-         step_length: float = 1.0) -> Optimizer:
+         damping_max: float = 1.0, noise_aware: bool = False) -> Optimizer:
     """SOFO with ``transform`` (an optax transformation) applied to the direction ``V z``.
 
     With ``adaptive_damping`` a batch on which the current parameters are non-finite (a closed loop
@@ -173,36 +168,28 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     parameters before it, the optax state's buffers restart (its step count goes on), λ grows ×10, and ``metrics["rolled_back"]`` is 1
     so that the runner goes on instead of stopping at a non-finite loss.
 
-    ``noise_aware``: choose λ (at least the Levenberg-Marquardt one) and the step's length from an
-    unbiased estimate of the decrease on trials the step was not fitted to (``noise_aware_solve``),
-    for a step of ``step_length`` times ``V z`` (the learning rate; a schedule's peak).
-    ``heldout_rho`` (with adaptive damping, on
-    episodic batches): λ adapts from ρ measured on the *next* batch, trials the step was not fitted
-    to, ``ρ = (L_{t+1}(θ_{t−1}) − L_{t+1}(θ_t)) / predicted_t``; the step's own batch still rejects
-    a step that raises its loss (measured: it does not help, docs/sofo.md). Both are off here (the
-    exact method); conf/optim/sofo.yaml turns ``noise_aware`` on.
+    ``noise_aware``: the forward pass also keeps each trial's projected gradient, and the step is
+    ``noise_aware_solve``'s: λ (at least the damping in use) and the step's length chosen to
+    maximize an unbiased estimate of the decrease on trials the step was not fitted to. Off, the
+    step is the exact damped Gauss-Newton step of the paper.
     """
     stepper = _forward.stepper_for(system, fast=fast)
 
     def init_fn(params):
         return SofoState(transform.init(params), jnp.asarray(damping, jnp.float32),
-                         params if adaptive_damping else None, jnp.zeros((), jnp.float32), jnp.zeros(2, jnp.float32))
+                         params if adaptive_damping else None)
 
     def update_fn(params, state, batch, key, carry):
         tangents = _forward.sample_tangents(key, params, n_tangents, orthonormalize)
         sketch = _forward.forward_sketch(system, params, tangents, batch, carry, stepper=stepper,
                                          sharding=sharding, per_trial=noise_aware)
         lam = state.damping if adaptive_damping else damping   # fixed: the exact float64 λ
-        metrics, heldout = {}, state.heldout
-        if adaptive_damping and heldout_rho and carry is None:
-            lam, heldout, metrics = _heldout_damping(system, state, sketch, batch, lam)
-            lam = jnp.clip(lam, damping_min, damping_max)
+        metrics = {}
         if noise_aware:
-            step = noise_aware_solve(sketch.ggn, sketch.c, sketch.c_trials, lam, step_length,
-                                     guard=noise_aware == "guard")
+            step = noise_aware_solve(sketch.ggn, sketch.c, sketch.c_trials, lam)
             z, s = step.z, step.s
-            metrics.update({"sofo/noise_damping": step.damping.astype(jnp.float32),
-                            "sofo/heldout_gain": step.gain.astype(jnp.float32)})
+            metrics = {"sofo/noise_damping": step.damping.astype(jnp.float32),
+                       "sofo/step_scale": step.scale.astype(jnp.float32)}
         else:
             z, s = damped_solve(sketch.ggn, sketch.c, lam)
         direction = _forward.combine(tangents, z)
@@ -212,18 +199,12 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
             c_norm = jnp.sqrt(jnp.sum(sketch.c ** 2)).astype(jnp.float32)
         metrics.update({"loss": sketch.loss.astype(jnp.float32), **curvature_metrics(s, lam),
                         "sofo/projected_grad_norm": c_norm, "sofo/damping": lam})
-        previous, predicted = state.previous, jnp.zeros((), jnp.float32)
+        previous = state.previous
         if adaptive_damping:
-            new_params, inner, lam_lm, lm = _levenberg_marquardt(
+            new_params, inner, lam, lm = _levenberg_marquardt(
                 system, params, new_params, transform.init(params), inner, updates, direction, z, sketch, batch,
                 carry, lam)
-            if heldout_rho and carry is None:   # λ moved on held-out ρ above; here only rejections grow it
-                lam = jnp.where(lm["sofo/accepted"] > 0, lam, lam * LM_GROW)
-                metrics["sofo/batch_rho"] = lm.pop("sofo/rho")
-            else:
-                lam = lam_lm
             lam = jnp.clip(lam, damping_min, damping_max)
-            predicted = jnp.where(lm["sofo/accepted"] > 0, lm["sofo/predicted_decrease"], 0.0)
             metrics.update(lm)
             with _forward._x64():
                 finite = jnp.isfinite(sketch.loss) & jnp.all(jnp.isfinite(sketch.c)) & jnp.all(jnp.isfinite(s))
@@ -231,13 +212,10 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
             inner = _select(finite, inner, _restart(transform.init(state.previous), inner))
             lam = jnp.where(finite, lam, jnp.clip(state.damping * ROLLBACK_GROW, damping_min, damping_max))
             previous = _select(finite, params, state.previous)
-            predicted = jnp.where(finite, predicted, 0.0)
             metrics["rolled_back"] = (~finite).astype(jnp.float32)
             updates = jax.tree.map(jnp.subtract, new_params, params)
         metrics["update_norm"] = tree_norm(updates)
-        new_state = SofoState(inner, jnp.asarray(lam, jnp.float32), previous, jnp.asarray(predicted, jnp.float32),
-                              heldout)
-        return new_params, new_state, sketch.final_state, metrics
+        return new_params, SofoState(inner, jnp.asarray(lam, jnp.float32), previous), sketch.final_state, metrics
 
     return Optimizer(init_fn, update_fn)
 
@@ -254,29 +232,6 @@ def _primal_loss(system, params, batch, carry):
     init = (initial_state(system, params, carry, batch.batch_size), jnp.zeros((), batch.dtype))
     (_, total), _ = batch.scan(body, init)
     return total
-
-
-def _heldout_damping(system, state, sketch, batch, lam):
-    """λ from the last steps' ρ on batches they never saw (the Levenberg-Marquardt rule).
-
-    ``actual = L(θ_{t−1}) − L(θ_t)`` on this batch (paired: same trials, same noise), against the
-    decrease the last step's subspace model predicted on its own batch. One step's held-out
-    decrease is noisy, so ρ is the ratio of running means (decay ``HELDOUT_DECAY``) of the actual
-    and predicted decreases. Overfitting the batch makes ρ small or negative, λ grows and the step
-    shrinks toward a short gradient step."""
-    with _forward._x64():
-        before = _primal_loss(system, state.previous, batch, None).astype(jnp.float64)
-        actual = before - sketch.loss
-        pred = state.predicted.astype(jnp.float64)
-        took = (pred > 0) & jnp.isfinite(actual)
-        running = state.heldout.astype(jnp.float64)
-        update = HELDOUT_DECAY * running + (1 - HELDOUT_DECAY) * jnp.stack([actual, pred])
-        running = jnp.where(took, update, running)
-        rho = jnp.where(running[1] > 0, running[0] / jnp.where(running[1] > 0, running[1], 1.0), 1.0)
-        rho = rho.astype(jnp.float32)
-    factor = jnp.where(rho > LM_UPPER, LM_SHRINK, jnp.where(rho < LM_LOWER, LM_GROW, 1.0)).astype(jnp.float32)
-    factor = jnp.where(took, factor, 1.0)
-    return lam * factor, running.astype(jnp.float32), {"sofo/rho": rho}
 
 
 def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates, direction, z, sketch, batch,
@@ -302,17 +257,8 @@ def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates
     return keep(new_params, params), keep(inner, _restart(fresh_inner, inner)), lam * factor, metrics
 
 
-def _step_length(update: dict) -> float:
-    """η for the noise-aware solve: the plain SGD learning rate, a schedule's ``peak``/``lr`` (the
-    longest step it takes); 1 for Adam (its step is not a multiple of V z)."""
-    if update.get("update", "sgd") != "sgd":
-        return 1.0
-    return float(update.get("lr", 1.0))
-
-
 def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tangents, damping, orthonormalize,
-                adaptive_damping, damping_range, shard, fast, noise_aware, heldout_rho,
-                **update) -> Optimizer:
+                adaptive_damping, damping_range, shard, fast, noise_aware, **update) -> Optimizer:
     """``optim=sofo`` (conf/optim/sofo.yaml holds every default): check each key, build ``sofo``.
 
     ``update`` holds the optax keys (``lr``, ``update``, ..., sofo_lab/optim/transforms.py).
@@ -329,10 +275,9 @@ def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tang
             or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds) \
             or not 0 < bounds[0] <= bounds[1] < float("inf"):
         raise ConfigError("optim.damping_range", bounds, "must be [min, max] with 0 < min <= max (adaptive λ bounds)")
-    aware = noise_aware if noise_aware in ("guard", "best") else checks.boolean("optim.noise_aware", noise_aware)
-    heldout = checks.boolean("optim.heldout_rho", heldout_rho)
+    aware = checks.boolean("optim.noise_aware", noise_aware)
     transform = make_transform(update, iterations)
     return sofo(system, transform, n_tangents=k, damping=float(damping), orthonormalize=ortho,
                 sharding=_forward.lane_sharding(shard, k), fast=fast,
                 adaptive_damping=adaptive, damping_min=float(bounds[0]), damping_max=float(bounds[1]),
-                noise_aware=aware, heldout_rho=heldout, step_length=_step_length(update))
+                noise_aware=aware)
