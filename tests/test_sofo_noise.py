@@ -136,3 +136,15 @@ def test_noise_aware_sofo_runs_jitted_in_float32():
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(new))
     assert 0.0 <= float(m["sofo/step_scale"]) <= 1.0
     assert float(m["sofo/noise_damping"]) >= float(m["sofo/damping"]) * (1 - 1e-6)
+
+
+def test_a_run_saved_before_noise_aware_existed_still_builds_its_optimizer():
+    """A saved run's config has no ``optim.noise_aware``: ``from_config`` builds the exact method."""
+    from sofo_lab.optim.sofo import from_config
+
+    system, params, batch = _problem()
+    opt = from_config(system, iterations=10, n_steps=T, episodic=True, n_tangents=4, damping=1e-3,
+                      orthonormalize=False, adaptive_damping=True, damping_range=[1e-6, 1.0], shard=False,
+                      fast=True, lr=0.3, update="sgd")
+    _, _, _, metrics = opt.update(params, opt.init(params), batch, jax.random.PRNGKey(0), None)
+    assert "sofo/step_scale" not in metrics and "sofo/rho" in metrics

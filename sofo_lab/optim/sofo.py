@@ -258,10 +258,11 @@ def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates
 
 
 def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tangents, damping, orthonormalize,
-                adaptive_damping, damping_range, shard, fast, noise_aware, **update) -> Optimizer:
+                adaptive_damping, damping_range, shard, fast, noise_aware=False, **update) -> Optimizer:
     """``optim=sofo`` (conf/optim/sofo.yaml holds every default): check each key, build ``sofo``.
 
     ``update`` holds the optax keys (``lr``, ``update``, ..., sofo_lab/optim/transforms.py).
+    ``noise_aware`` has a default here only so that runs saved before the key existed still load.
     """
     del episodic, n_steps
     k, ortho = _forward.check_tangents(system, n_tangents, orthonormalize)
