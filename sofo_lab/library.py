@@ -227,9 +227,9 @@ def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int
     G is the exact GGN of the loss: closed forms for "mse"/"xent", the exact Hessian of any other
     per-sample loss. ``learning_rate = 1`` is the full damped Gauss-Newton step. ``adaptive_damping``:
     Levenberg-Marquardt λ within ``damping_range`` (docs/sofo.md). ``noise_aware``: λ (at least the
-    damping) and the step's length chosen from the batch's per-trial gradients to maximize an
-    unbiased estimate of the decrease on held-out trials (docs/sofo.md, "Noisy tasks"). Memory is
-    constant in T.
+    damping) and the step's length (at most ``learning_rate``; 1 with ``tx`` or a schedule) chosen
+    from the batch's per-trial gradients to maximize an unbiased estimate of the decrease on
+    held-out trials (docs/sofo.md, "Noisy tasks"). Memory is constant in T.
     """
     system = make_system(step, loss, init_state)
     n_tangents = _tangents(n_tangents)
@@ -238,10 +238,11 @@ def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int
     adaptive_damping = checks.boolean("adaptive_damping", adaptive_damping)
     noise_aware = checks.boolean("noise_aware", noise_aware)
     low, high = _damping_range(damping_range)
+    length = float(learning_rate) if tx is None and isinstance(learning_rate, (int, float)) else 1.0
     tx = _transform(tx, learning_rate, optax.sgd)
     engine = lambda s: _sofo.sofo(s, tx, n_tangents=n_tangents, damping=damping,  # noqa: E731
                                   orthonormalize=orthonormalize, fast=False, adaptive_damping=adaptive_damping,
-                                  damping_min=low, damping_max=high, noise_aware=noise_aware)
+                                  damping_min=low, damping_max=high, noise_aware=noise_aware, step_length=length)
     return _optimizer(system, engine, stream=stream, batch_size=batch_size,
                       check=lambda p: _tangents_fit(n_tangents, orthonormalize, p))
 

@@ -58,8 +58,8 @@ def test_per_trial_gradients_are_each_trials_reverse_mode_gradient(fast, noise):
 
 def test_noise_aware_step_picks_the_lambda_and_length_of_the_stein_estimate():
     """G̃ diagonal (its eigenbasis is the coordinate basis up to order and sign), per-trial gradients
-    set by hand; the chosen λ, the length η* and the step checked against the formula written out
-    here with numpy over the same grid."""
+    set by hand; the chosen λ, the length min(η, η*) and the step checked against the formula
+    written out here with numpy over the same grid."""
     with jax.enable_x64(True):
         s = np.array([4.0, 1.0, 0.01])
         full = np.array([[1.0, 0.5, 0.6],      # B·C_b: trial b's gradient of the mean loss, × B
@@ -68,17 +68,18 @@ def test_noise_aware_step_picks_the_lambda_and_length_of_the_stein_estimate():
                          [1.0, 0.5, -0.4]])
         Bt = full.shape[0]
         c = full.mean(0)
-        floor = 1e-4
-        step = noise_aware_solve(jnp.diag(s), jnp.asarray(c), jnp.asarray(full / Bt), floor)
+        floor, lr = 1e-4, 0.3
+        step = noise_aware_solve(jnp.diag(s), jnp.asarray(c), jnp.asarray(full / Bt), floor, lr)
         noise = full.var(0, ddof=1) / Bt
         best = None
         for f in NOISE_GRID:
             d = s + floor * f * s.max()
             signal = np.sum((c ** 2 - noise) / d)
             quad = np.sum(s * c ** 2 / d ** 2)
-            gain = 0.5 * signal ** 2 / quad if signal > 0 else 0.0
+            length = min(max(signal / quad, 0.0), lr)          # min(η, η*)
+            gain = length * signal - 0.5 * length ** 2 * quad
             if best is None or gain > best[0]:
-                best = (gain, floor * f, min(1.0, signal / quad), c / d)
+                best = (gain, floor * f, length / lr, c / d)
         gain, lam, eta, z = best
         assert lam >= 100 * floor and gain > 0   # the noisy flat direction pushed λ up
         np.testing.assert_allclose(float(step.damping), lam, rtol=1e-12)
@@ -96,14 +97,14 @@ def test_noise_aware_step_without_noise_is_the_damped_step():
         a = jax.random.normal(key, (K, K), jnp.float64)
         ggn = a @ a.T
         c = jax.random.normal(jax.random.PRNGKey(3), (K,), jnp.float64)
-        step = noise_aware_solve(ggn, c, jnp.tile(c / 4, (4, 1)), 1e-3)
+        step = noise_aware_solve(ggn, c, jnp.tile(c / 4, (4, 1)), 1e-3, 0.3)
         z, _ = damped_solve(ggn, c, 1e-3)
         assert float(step.damping) == pytest.approx(1e-3)
         assert float(step.scale) == 1.0
         np.testing.assert_allclose(step.z, z, rtol=1e-10)
         # pure noise (the trials' gradients cancel): no λ promises a decrease, no step
         flip = jnp.stack([c, -c, c, -c]) / 4
-        none = noise_aware_solve(ggn, jnp.zeros(K, jnp.float64), flip, 1e-3)
+        none = noise_aware_solve(ggn, jnp.zeros(K, jnp.float64), flip, 1e-3, 0.3)
         assert float(none.scale) == 0.0 and float(jnp.abs(none.z).max()) == 0.0
 
 

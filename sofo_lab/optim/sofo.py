@@ -71,26 +71,28 @@ class NoiseAwareStep(NamedTuple):
     z: jax.Array             # [K] subspace coefficients of the step (float64)
     s: jax.Array             # [K] eigenvalues of G̃
     damping: jax.Array       # the λ chosen (≥ the floor)
-    scale: jax.Array         # η* ∈ [0, 1]: the step's length along (G̃ + λ s_max I)⁻¹ C
+    scale: jax.Array         # min(η, η*) / η ∈ [0, 1]: how much of the lr step is taken
 
 
-def noise_aware_solve(ggn, c, c_trials, damping_floor) -> NoiseAwareStep:
+def noise_aware_solve(ggn, c, c_trials, damping_floor, step_length: float = 1.0) -> NoiseAwareStep:
     """The damped Gauss-Newton step whose decrease on *held-out* trials is estimated largest
     (docs/sofo.md, "Noisy tasks").
 
     The batch's projected gradient is ``C = g + ε``: the population gradient ``g`` (in the subspace)
     plus sampling noise with covariance ``Σ``, estimated from the per-trial gradients ``C_b``
     (``[B, K]``, ``Σ_b C_b = C``) as ``Σ = Cov_b(B C_b) / B``. In G̃'s eigenbasis (``G̃ = U S Uᵀ``,
-    ``D = S + λ s_max I``, ``z = D⁻¹ UᵀC``) the population loss after the step ``−η U z`` falls by
-    ``η gᵀU D⁻¹UᵀC − ½ η² zᵀ S z`` in the quadratic model, and since ``E[ε] = 0``
+    ``D = S + λ s_max I``, ``z = D⁻¹ UᵀC``) the population loss after the step ``−a U z`` falls by
+    ``a gᵀU D⁻¹UᵀC − ½ a² zᵀ S z`` in the quadratic model, and since ``E[ε] = 0``
 
         signal(λ) = CᵀU D⁻¹ UᵀC − tr(D⁻¹ UᵀΣU)
 
     estimates ``gᵀ U D⁻¹ Uᵀ g`` without bias (Stein's unbiased risk estimate, Ann. Statist. 1981).
-    The best length is ``η* = signal / zᵀSz``, with estimated decrease ``½ signal² / zᵀSz``; λ is the
-    candidate ``damping_floor × NOISE_GRID`` of largest estimated decrease and the step is
-    ``min(1, η*) z`` (zero when no candidate promises a decrease). Without noise (``C_b`` all
-    alike) the floor wins with ``η* ≥ 1``: the plain damped step.
+    Its best length is ``η* = signal / zᵀSz``; the step is never longer than the learning rate's
+    (``η = step_length``), so the length is ``a = min(η, max(0, η*))`` with estimated decrease
+    ``a signal − ½ a² zᵀSz``. λ is the candidate ``damping_floor × NOISE_GRID`` of largest estimated
+    decrease; the returned ``z`` is scaled by ``a / η`` (the optimizer then multiplies by η), and is
+    zero when no candidate promises a decrease. Without noise (``C_b`` all alike) ``η* ≥ 1 ≥ η`` at
+    the floor, which wins: the plain damped step.
     """
     with _forward._x64():
         s, u = jnp.linalg.eigh(ggn)
@@ -104,13 +106,14 @@ def noise_aware_solve(ggn, c, c_trials, damping_floor) -> NoiseAwareStep:
         d = jnp.where(d > 0, d, 1.0)
         signal = jnp.sum((proj ** 2 - noise) / d, axis=1)                 # [L]
         quad = jnp.sum(s * proj ** 2 / d ** 2, axis=1)                    # zᵀ S z
-        gain = jnp.where((signal > 0) & (quad > 0), 0.5 * signal ** 2 / jnp.where(quad > 0, quad, 1.0), 0.0)
+        best = jnp.clip(signal / jnp.where(quad > 0, quad, 1.0), 0.0, step_length)   # min(η, η*)
+        best = jnp.where(quad > 0, best, jnp.where(signal > 0, step_length, 0.0))
+        gain = best * signal - 0.5 * best ** 2 * quad
         top = gain == jnp.max(gain)                                       # argmax as a one-hot, first of ties
         pick = top & (jnp.cumsum(top.astype(jnp.int32)) == 1)             # (jnp.argmax mixes dtypes under _x64)
-        signal, quad, lam = (jnp.sum(jnp.where(pick, x, 0.0)) for x in (signal, quad, lams))
+        best, lam = (jnp.sum(jnp.where(pick, x, 0.0)) for x in (best, lams))
         d = jnp.sum(jnp.where(pick[:, None], d, 0.0), axis=0)
-        scale = jnp.where(quad > 0, jnp.clip(signal / jnp.where(quad > 0, quad, 1.0), 0.0, 1.0),
-                          jnp.where(signal > 0, 1.0, 0.0))
+        scale = best / step_length
         z = u @ (scale * proj / d)
     return NoiseAwareStep(z, s, lam, scale)
 
@@ -160,7 +163,7 @@ def _restart(fresh_inner, inner):
 def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-3,
          orthonormalize: bool = False, sharding: _forward.LaneSharding = _forward.LaneSharding(),
          fast: bool = True, adaptive_damping: bool = False, damping_min: float = 1e-6,
-         damping_max: float = 1.0, noise_aware: bool = False) -> Optimizer:
+         damping_max: float = 1.0, noise_aware: bool = False, step_length: float = 1.0) -> Optimizer:
     """SOFO with ``transform`` (an optax transformation) applied to the direction ``V z``.
 
     With ``adaptive_damping`` a batch on which the current parameters are non-finite (a closed loop
@@ -169,9 +172,9 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     so that the runner goes on instead of stopping at a non-finite loss.
 
     ``noise_aware``: the forward pass also keeps each trial's projected gradient, and the step is
-    ``noise_aware_solve``'s: λ (at least the damping in use) and the step's length chosen to
-    maximize an unbiased estimate of the decrease on trials the step was not fitted to. Off, the
-    step is the exact damped Gauss-Newton step of the paper.
+    ``noise_aware_solve``'s: λ (at least the damping in use) and the step's length (at most
+    ``step_length``, the learning rate) chosen to maximize an unbiased estimate of the decrease on
+    trials the step was not fitted to. Off, the step is the exact damped Gauss-Newton step.
     """
     stepper = _forward.stepper_for(system, fast=fast)
 
@@ -186,7 +189,7 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
         lam = state.damping if adaptive_damping else damping   # fixed: the exact float64 λ
         metrics = {}
         if noise_aware:
-            step = noise_aware_solve(sketch.ggn, sketch.c, sketch.c_trials, lam)
+            step = noise_aware_solve(sketch.ggn, sketch.c, sketch.c_trials, lam, step_length)
             z, s = step.z, step.s
             metrics = {"sofo/noise_damping": step.damping.astype(jnp.float32),
                        "sofo/step_scale": step.scale.astype(jnp.float32)}
@@ -257,6 +260,12 @@ def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates
     return keep(new_params, params), keep(inner, _restart(fresh_inner, inner)), lam * factor, metrics
 
 
+def _step_length(update: dict) -> float:
+    """η for the noise-aware solve: SGD's learning rate (a schedule's peak, the longest step it
+    takes); 1 for Adam, whose step is not a multiple of V z."""
+    return float(update.get("lr", 1.0)) if update.get("update", "sgd") == "sgd" else 1.0
+
+
 def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tangents, damping, orthonormalize,
                 adaptive_damping, damping_range, shard, fast, noise_aware=False, **update) -> Optimizer:
     """``optim=sofo`` (conf/optim/sofo.yaml holds every default): check each key, build ``sofo``.
@@ -281,4 +290,4 @@ def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tang
     return sofo(system, transform, n_tangents=k, damping=float(damping), orthonormalize=ortho,
                 sharding=_forward.lane_sharding(shard, k), fast=fast,
                 adaptive_damping=adaptive, damping_min=float(bounds[0]), damping_max=float(bounds[1]),
-                noise_aware=aware)
+                noise_aware=aware, step_length=_step_length(update))
