@@ -49,7 +49,7 @@ METHODS = {
     "sofo_noise_aware": ["optim=sofo", "optim.noise_aware=true"],
     "adam": ["optim=adam"],
 }
-QUICK = ["batch_size=8", "model.n_hidden=8", "eval_batch_size=8"]
+QUICK = ["batch_size=8", "model.n_hidden=8", "eval_batch_size=8", "log_every=1"]
 
 
 def sofo_run() -> str:

@@ -1,0 +1,33 @@
+"""scripts/bench_sofo_noisy.py in its quick mode: the user's battery (scripts/user_battery) runs
+through the installed ``sofo-run --config-dir`` for every method, the noise-aware setting reaches
+the optimizer, and the table's numbers are read back from the runs' metrics."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("bench_sofo_noisy", REPO / "scripts" / "bench_sofo_noisy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quick_battery_runs_every_method_and_reads_its_evaluations(tmp_path):
+    bench = _bench()
+    result = bench.main(["--quick", "--iterations", "8", "--work", str(tmp_path)])
+    rows = {r["method"]: r for r in result["rows"]}
+    assert set(rows) == {"sofo", "sofo_noise_aware", "adam"}
+    for run in result["runs"]:
+        assert run["status"] == "completed" and sorted(run["evals"]) == [0, 2, 4, 6, 8]
+        assert math.isfinite(run["end"]) and run["end"] == sum(run["evals"][i] for i in (4, 6, 8)) / 3
+    aware = next(tmp_path.glob("*-sofo_noise_aware-*"))
+    logged = [json.loads(line) for line in (aware / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/sofo/step_scale" in r for r in logged)          # the flag reached the optimizer
+    plain = next(tmp_path.glob("*-sofo-s0-*"))
+    assert not any("train/sofo/step_scale" in json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines())
