@@ -96,6 +96,11 @@ def end_and_best(evals: dict[int, float]) -> tuple[float, float]:
     return end, best
 
 
+def at(evals: dict[int, float], iteration: int) -> float:
+    """The evaluation at ``iteration``, or the last one before it (evaluations every 100)."""
+    return evals[max(i for i in evals if i <= iteration)]
+
+
 def summarize(records: list[dict], iterations: int) -> list[dict]:
     rows = []
     keys = sorted({(r["task"], r["model"], r["class"]) for r in records}, key=lambda k: (k[2] != "noisy", k))
@@ -107,7 +112,7 @@ def summarize(records: list[dict], iterations: int) -> list[dict]:
         adam_end = statistics.fmean(r["end"] for r in per["adam"]) if "adam" in per else None
         for method, runs in sorted(per.items()):
             ends = [r["end"] for r in runs]
-            marks = {str(m): statistics.fmean(r["evals"].get(m, float("nan")) for r in runs)
+            marks = {str(m): statistics.fmean(at(r["evals"], m) for r in runs)
                      for m in (iterations // 4, iterations // 2, 3 * iterations // 4, iterations)}
             rows.append({"task": task, "model": model, "class": cls, "method": method, "seeds": len(runs),
                          "end": statistics.fmean(ends), "end_sd": statistics.pstdev(ends),
@@ -120,13 +125,13 @@ def summarize(records: list[dict], iterations: int) -> list[dict]:
 
 def table(rows: list[dict], iterations: int) -> str:
     marks = [iterations // 4, iterations // 2, 3 * iterations // 4, iterations]
-    head = ("| task | model | class | method | " + " / ".join(str(m) for m in marks)
+    head = ("| task | model | class | method | seeds | " + " / ".join(str(m) for m in marks)
             + " | end (mean ± sd) | end/best (worst seed) | end/adam |")
-    lines = [head, "|" + "---|" * 8]
+    lines = [head, "|" + "---|" * 9]
     for r in rows:
         at = " / ".join(f"{r['at'][str(m)]:.3g}" for m in marks)
         ratio = f"{r['end_over_adam']:.2f}" if r["end_over_adam"] is not None else "–"
-        lines.append(f"| {r['task']} | {r['model']} | {r['class']} | {r['method']} | {at} | "
+        lines.append(f"| {r['task']} | {r['model']} | {r['class']} | {r['method']} | {r['seeds']} | {at} | "
                      f"{r['end']:.3g} ± {r['end_sd']:.2g} | {r['end_over_best']:.2f} ({r['worst_end_over_best']:.2f}) "
                      f"| {ratio} |")
     return "\n".join(lines)
@@ -145,6 +150,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", default=str(REPO / "outputs" / "bench_sofo_noisy"))
     ap.add_argument("--out", default=None, help="record path (default docs/results/sofo_noisy_<iterations>.json)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one noisy case, one seed (the suite)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: the table and record of the runs already finished under --work")
     args = ap.parse_args(argv)
     for spec in args.define:
         name, _, overrides = spec.partition("=")
@@ -159,6 +166,11 @@ def main(argv=None) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     jobs = [(t, m, cls, meth, s) for t, m, cls in cases for meth in args.methods for s in args.seeds]
     def attempt(j):
+        if args.report_only:
+            run_dir = work / f"{j[0]}-{j[1]}-{j[3]}-s{j[4]}-{args.iterations}"
+            summary = run_dir / "summary.json"
+            done = summary.is_file() and json.loads(summary.read_text()).get("status") in ("completed", "diverged")
+            return run_dir if done else None
         try:
             return run_one(work, j[0], j[1], j[3], j[4], args.iterations, args.quick)
         except RuntimeError as err:   # one failed run does not stop the others; it is reported and left out
