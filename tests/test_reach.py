@@ -153,9 +153,22 @@ MODELS = ("rnn", "gru", "lstm")
 COMBOS = [(task, model, optim) for optim in OPTIMS for model in MODELS for task in ("reach", "double_reach")]
 
 
-def test_the_combinations_cover_every_required_optimizer_model_and_task():
-    assert set(REQUIRED_OPTIMIZERS) <= set(OPTIMS)
-    assert len(COMBOS) == len(OPTIMS) * 3 * 2 == len(set(COMBOS))
+def test_the_combinations_cover_every_optimizer_model_and_arm_task():
+    """The battery below is every optimizer config × every model config × every task config that
+    drives the arm (a MotorTask), each once: a new config in conf/optim, conf/model or conf/task is
+    trained through the arm without editing this file, and a required optimizer cannot go missing."""
+    from omegaconf import OmegaConf
+
+    from sofo_lab.conf import CONF_DIR
+    from sofo_lab.tasks.motor_common import MotorTask
+
+    arm_tasks = {t for t in options("task")
+                 if issubclass(get_object(OmegaConf.load(Path(CONF_DIR) / "task" / f"{t}.yaml")._target_), MotorTask)}
+    assert {"reach", "double_reach"} <= arm_tasks
+    tasks, models, optims = ({c[i] for c in COMBOS} for i in range(3))
+    assert tasks == arm_tasks and models == set(options("model")) and optims == set(options("optim"))
+    assert set(REQUIRED_OPTIMIZERS) <= optims
+    assert len(set(COMBOS)) == len(COMBOS) == len(tasks) * len(models) * len(optims)   # the whole product
 
 
 @pytest.mark.parametrize("task,model,optim", COMBOS)
