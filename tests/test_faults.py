@@ -97,11 +97,17 @@ def test_rtrl_limit_counts_the_update_work_not_only_the_jacobian():
     assert abs(rtrl.rtrl_update_bytes(S, P) - measured) < 0.1 * measured
 
 
-def test_sofo_run_refuses_a_batch_that_cannot_fit_in_one_line(tmp_path):
-    line = one_line_error(run_cli(["batch_size=1000000000", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path))
-    assert line.startswith("error: batch_size=1000000000: the run needs about") and "bytes" in line
-    assert "lower batch_size" in line
-    assert not (tmp_path / "run" / ".hydra").exists()   # refused before Hydra wrote anything
+def test_sofo_run_refuses_a_batch_that_cannot_fit_in_one_line(tmp_path, monkeypatch):
+    """In-process: ``sofo-run``'s pre-check (its one-line print and exit 2: tests/test_cli.py)."""
+    from sofo_lab.cli.run import precheck
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError) as err:
+        precheck(["batch_size=1000000000", f"hydra.run.dir={tmp_path / 'run'}"])
+    line = str(err.value)
+    assert line.startswith("batch_size=1000000000: the run needs about") and "bytes" in line
+    assert "lower batch_size" in line and "\n" not in line
+    assert not list(tmp_path.iterdir())   # refused before anything was written
 
 
 # --- checkpoints: verified, the previous one kept -----------------------------------------------

@@ -2,7 +2,9 @@
 
 Before Hydra starts, every override is checked by composing the config and building the run
 (``precheck``), so bad input ends in one line naming the key, the value and what is allowed,
-with a non-zero exit and no traceback (``HYDRA_FULL_ERROR=1`` shows it). The pre-check reads the
+with a non-zero exit and no traceback (``HYDRA_FULL_ERROR=1`` shows it), before anything is written.
+A key that nothing reads is refused alike with ``+`` or without (``+iteratons=5``), and the
+logger's keys are checked too (``loggers.check_config``). The pre-check reads the
 command line with Hydra's own parser and composes on Hydra's search path, so a user's configs
 (``--config-dir <dir>`` or ``hydra.searchpath=[...]``, docs/library.md) are checked exactly as
 the package's. Then Hydra runs as usual: ``--cfg job``, ``-m`` and launchers behave as in any
@@ -10,6 +12,7 @@ Hydra app.
 """
 from __future__ import annotations
 
+import difflib
 import itertools
 import logging
 import os
@@ -22,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from sofo_lab.conf import CONF_DIR
 from sofo_lab.core.errors import ConfigError, RunFailed
-from sofo_lab.train import checkpoint, console, per_optim, rundir
+from sofo_lab.train import checkpoint, console, loggers, per_optim, rundir
 
 GROUPS = ("task", "model", "optim", "logger", "experiment")   # the groups `sofo-run --help` is about
 _exit_code = 0
@@ -124,24 +127,50 @@ def _check_groups(parsed, search: list[str]) -> set[str]:
     return groups
 
 
+# Top-level keys that are read although no config sets them: ``+per_optim.<optim>.<key>``
+# (sofo_lab/train/per_optim.py) and Hydra's own ``hydra.*``.
+READ_UNSET = (per_optim.KEY, "hydra")
+
+
+def _unknown(key: str, value, known, where: str = "the top level") -> ConfigError:
+    """The one-line error for a key that nothing reads, with the closest known key."""
+    close = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(known), n=1)
+    prefix = key.rsplit(".", 1)[0] + "." if "." in key else ""
+    hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+    return ConfigError(key, value, f"unknown key: nothing reads it{hint}; fix the name or drop it; "
+                                   f"{where} has {sorted(known)}")
+
+
 def _check_keys(parsed, base: DictConfig) -> None:
-    """An override without ``+`` must name a key the composed config has (Hydra would refuse it too;
-    this says which keys there are)."""
+    """Every override names a key that something reads: without ``+`` a key the composed config has
+    (Hydra would refuse it too; this says which keys there are); with ``+`` or ``++`` at the top
+    level, a key of ``base`` (conf/config.yaml's run-level keys, the groups, what the chosen
+    experiment adds) or of ``READ_UNSET``: ``+iteratons=5`` would otherwise be silently ignored.
+    A ``+`` key inside a group (``+task.foo``) is checked where it is read (assemble.instantiate,
+    loggers.check_config)."""
     tree = OmegaConf.to_container(base, resolve=False)
+    top = sorted(k for k in tree if k != "hydra")
     for o in parsed:
-        if o.is_add() or o.is_force_add() or o.is_delete():
+        if o.is_delete():
             continue
-        node, parts = tree, o.key_or_group.split(".")
+        value = o.get_value_element_as_str() if not o.is_sweep_override() else "..."
+        parts = o.key_or_group.split(".")
+        if o.is_add() or o.is_force_add():
+            if parts[0] not in tree and parts[0] not in READ_UNSET:
+                raise _unknown(o.key_or_group, value, top)
+            continue
+        node = tree
         for depth, part in enumerate(parts):
             if isinstance(node, dict) and part in node:
                 node = node[part]
             elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
                 node = node[int(part)]
+            elif depth == 0:
+                raise _unknown(o.key_or_group, value, top)
             else:
                 parent = ".".join(parts[:depth])
                 known = sorted(k for k in node if k != "hydra") if isinstance(node, dict) else []
-                value = o.get_value_element_as_str() if not o.is_sweep_override() else "..."
-                raise ConfigError(o.key_or_group, value, f"unknown key; {parent or 'the top level'} has {known} "
+                raise ConfigError(o.key_or_group, value, f"unknown key; {parent} has {known} "
                                                          f"(add a new key with +{o.key_or_group}=...)")
 
 
@@ -187,16 +216,19 @@ def precheck(argv: list[str]) -> None:
     from sofo_lab.train import resources
     from sofo_lab.train.assemble import build
 
-    for i, combo in enumerate(_expand(parsed)):
+    first = None
+    for combo in _expand(parsed):
         cfg = per_optim.apply(_compose(combo, groups, cmd.search, cmd.config_name),
                               known=_options("optim", tuple(cmd.search)))
-        multirun = cmd.multirun or cfg.hydra.mode == "MULTIRUN"
         choices = {k: v for k, v in cfg.hydra.runtime.choices.items() if not k.startswith("hydra")}
-        setup = build(cfg, choices)   # before anything is written: a bad value leaves no directory
-        if i == 0:
-            _check_writable(cfg, multirun)
-            checkpoint.precheck(cfg, multirun)   # lock; resumable checkpoint
+        loggers.check_config(cfg.get("logger"))
+        setup = build(cfg, choices)
         resources.check_shapes(setup, cfg, launcher=cfg.hydra.get("launcher"))
+        first = cfg if first is None else first
+    # every value checked: only now is anything written (the output folder, a probe, a lock check)
+    multirun = cmd.multirun or first.hydra.mode == "MULTIRUN"
+    _check_writable(first, multirun)
+    checkpoint.precheck(first, multirun)   # lock; resumable checkpoint
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

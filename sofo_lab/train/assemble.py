@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from sofo_lab.core.errors import ConfigError
 
 RUN_INTS = ("iterations", "batch_size", "log_every", "eval_every", "checkpoint_every", "steps_per_dispatch")
+RUN_BOOLS = ("resume", "plots", "progress")
 # A discrete-time model (GRU, LSTM) steps once per task step: it needs no dt or time constant,
 # so dropping these task settings changes nothing the task defines and goes unannounced.
 TIME_SETTINGS = ("dt", "tau")
@@ -162,6 +163,13 @@ def build(cfg: DictConfig, choices: dict | None = None) -> Setup:
         positive_int(cfg, key)
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ConfigError("seed", cfg.seed, "must be a non-negative integer")
+    for key in RUN_BOOLS:
+        if not isinstance(cfg.get(key, True), bool):
+            raise ConfigError(key, cfg.get(key), "must be true or false")
+    geometric = cfg.get("log_geometric")
+    if geometric is not None and (isinstance(geometric, bool) or not isinstance(geometric, (int, float))
+                                  or geometric <= 1):
+        raise ConfigError("log_geometric", geometric, "must be a number > 1 (e.g. 1.01) or null (log every log_every)")
     batch_size = cfg.batch_size
     eval_batch_size = cfg.get("eval_batch_size") or batch_size
     if cfg.get("eval_batch_size") is not None:

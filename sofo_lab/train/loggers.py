@@ -5,11 +5,66 @@ service crash) the run falls back to offline mode, then to local files only, wit
 """
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
 import warnings
 from pathlib import Path
+
+from sofo_lab.core.errors import ConfigError
+
+LOGGERS = ("none", "wandb")
+WANDB_MODES = ("online", "offline", "disabled")
+# the keys each logger reads (conf/logger/<name>.yaml); any other is refused before the run starts
+LOGGER_KEYS = {"none": ("name",),
+               "wandb": ("name", "mode", "project", "entity", "group", "tags", "run_name", "run_id")}
+
+
+def wandb_mode(mode):
+    """The wandb mode a run uses: ``logger.mode``, else ``WANDB_MODE``, else offline; a one-line
+    error for any other value."""
+    if mode is not None:
+        if mode not in WANDB_MODES:
+            raise ConfigError("logger.mode", mode, f"choose one of {list(WANDB_MODES)} or null "
+                                                   "(null: WANDB_MODE if set, else offline)")
+        return mode
+    env = os.environ.get("WANDB_MODE") or "offline"
+    if env not in WANDB_MODES:
+        raise ConfigError("WANDB_MODE", env, f"choose one of {list(WANDB_MODES)}, or unset it, or pass logger.mode=...")
+    return env
+
+
+def check_config(cfg_logger) -> None:
+    """Every key of ``cfg.logger`` the logger reads, checked before anything is written: the
+    logger's name, each key's type and wandb's mode; a key no logger reads is refused."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if not isinstance(cfg_logger, (dict, DictConfig)):
+        raise ConfigError("logger", cfg_logger, f"pick a logger with logger=<name>, one of {list(LOGGERS)}")
+    name = cfg_logger.get("name")
+    if name not in LOGGERS:
+        raise ConfigError("logger.name", name, f"choose one of {list(LOGGERS)} (or logger=<name>)")
+    known = LOGGER_KEYS[name]
+    for key in cfg_logger:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean logger.{close[0]}?)" if close else ""
+            raise ConfigError(f"logger.{key}", cfg_logger[key], f"unknown key: nothing reads it{hint}; fix the name "
+                                                                 f"or drop it; logger={name} reads {list(known)}")
+    if name != "wandb":
+        return
+    wandb_mode(cfg_logger.get("mode"))
+    for key in ("project", "entity", "group", "run_name", "run_id"):
+        value = cfg_logger.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+            raise ConfigError(f"logger.{key}", value, "must be a string or null")
+    tags = cfg_logger.get("tags")
+    if isinstance(tags, ListConfig):
+        tags = OmegaConf.to_container(tags)
+    if tags is not None and (not isinstance(tags, list) or not all(
+            isinstance(t, (str, int)) and not isinstance(t, bool) for t in tags)):
+        raise ConfigError("logger.tags", tags, "must be a list of strings, e.g. logger.tags=[sofo,reach]")
 
 
 def _clean(value):
@@ -69,18 +124,18 @@ class WandbLogger:
         import wandb
 
         self.wandb = wandb
-        mode = cfg_logger.get("mode")
-        if mode is None:
-            mode = os.environ.get("WANDB_MODE", "offline")
-        if mode not in ("online", "offline", "disabled"):
-            from sofo_lab.core.errors import ConfigError
+        check_config(cfg_logger)
+        mode = wandb_mode(cfg_logger.get("mode"))
 
-            raise ConfigError("logger.mode", mode, "choose one of ['online', 'offline', 'disabled'] or null")
-        kwargs = dict(dir=str(run_dir), project=cfg_logger.get("project") or "sofo-lab",
-                      entity=cfg_logger.get("entity"), group=cfg_logger.get("group"),
-                      tags=list(cfg_logger.get("tags") or []), name=cfg_logger.get("run_name"),
+        def text(key):
+            value = cfg_logger.get(key)
+            return None if value is None else str(value)
+
+        kwargs = dict(dir=str(run_dir), project=text("project") or "sofo-lab",
+                      entity=text("entity"), group=text("group"),
+                      tags=[str(t) for t in cfg_logger.get("tags") or []], name=text("run_name"),
                       config={**config, "choices": choices},
-                      reinit="finish_previous", id=cfg_logger.get("run_id"), resume="allow",
+                      reinit="finish_previous", id=text("run_id"), resume="allow",
                       settings=quiet_settings(wandb))
         self.run = None
         for attempt in dict.fromkeys([mode, "offline"]):
