@@ -8,7 +8,7 @@ Each iteration, with a fresh key (independent of the data key):
     z  = U (S + λ s_max I)⁻¹ Uᵀ C         relative damping λ = optim.damping, s_max = max(S)
     θ ← θ + optax_update(V z)             SGD by default: θ ← θ − η V z
 
-G is the exact generalized Gauss-Newton matrix of the reported loss (sofo_lab/losses.py), so
+G is the exact generalized Gauss-Newton matrix of the reported loss (sofo_lab/core/losses.py), so
 ``lr = 1`` is the full damped Gauss-Newton step inside span(V). Memory is constant in T.
 
 Adaptive damping (``adaptive_damping=True``, Levenberg-Marquardt as in Martens 2010, §4.1):
