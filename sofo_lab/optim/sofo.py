@@ -27,7 +27,8 @@ Metrics: ``loss``, ``sofo/top_eigenvalue`` (s_max), ``sofo/condition_number`` (s
 G̃, with s_min floored at 1e-16·s_max), ``sofo/damped_condition_number``, ``sofo/projected_grad_norm``
 (‖C‖), ``sofo/effective_dim`` (Σ s/(s + λ s_max): how many of the K directions the damped step
 really uses), ``sofo/damping`` (λ), ``update_norm``; with adaptive damping also ``sofo/rho`` and
-``sofo/accepted``.
+``sofo/accepted``; with ``noise_aware`` also ``sofo/noise_damping`` (the λ taken) and
+``sofo/step_scale`` (the share of the lr step taken, 0 = no step).
 
 References:
     Yu, Xia, Ma, Lengyel, Hennequin. Second-order forward-mode optimization of recurrent neural
