@@ -1,7 +1,7 @@
 """aⁿbⁿ and distant brackets with 64-unit GRU/LSTM, one stream each (the UORO paper's setting):
 UORO vs TBPTT-1 vs TBPTT-16 vs SOFO, cumulative online bits/char against the task's optimum.
 
-Each run goes through ``sofo_lab.train.runner.train`` (= ``sofo-run``). UORO and TBPTT use Adam with
+Each run goes through ``sofo_lab.train.trainer.train`` (= ``sofo-run``). UORO and TBPTT use Adam with
 lr_t = γ/(1+α√t) (γ = 1e-3, α = 0.015, t = characters); SOFO (K = 64 tangents, damping 0.1, lr 0.3)
 steps once per window of ``task.n_steps`` characters (a truncated segment with carried state).
 
@@ -32,7 +32,7 @@ def run(overrides, run_dir):
 
     from sofo_lab.conf import CONF_DIR
     from sofo_lab.core.errors import RunFailed
-    from sofo_lab.train.runner import train
+    from sofo_lab.train.trainer import train
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)

@@ -3,7 +3,7 @@
     python scripts/bench_gpu_paper.py [--iterations 60] [--out docs/results/gpu_paper.json]
 
 Runs ``experiment=reach_paper``, ``experiment=double_reach_paper`` and ``experiment=kalman_paper``
-through the runner (``sofo_lab.train.runner.train``) for ``--iterations`` iterations each (held-out
+through the runner (``sofo_lab.train.trainer.train``) for ``--iterations`` iterations each (held-out
 evaluation at the end only), and records per preset: compile seconds, median and p90 seconds per
 iteration, the compiled step memory, the device allocator peak, and the held-out criterion (reach:
 within 1 cm, moved early, hold error; Kalman: MSE next to the oracle's). From the measured time per
@@ -31,7 +31,7 @@ CRITERION = ("eval/loss", "eval/within_1cm", "eval/moved_early", "eval/hold_erro
 
 
 def run_preset(preset: str, iterations: int, root: Path, extra=()) -> dict:
-    from sofo_lab.train.runner import train
+    from sofo_lab.train.trainer import train
 
     cfg = compose([f"experiment={preset}", f"iterations={iterations}", f"eval_every={iterations}",
                    f"checkpoint_every={iterations}", "logger=none", "plots=false", "progress=false", *extra])

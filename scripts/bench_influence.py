@@ -1,6 +1,6 @@
 """Influence balancing (UORO paper's headline; docs/uoro.md), SGD at a fixed rate:
 UORO (several seeds) and RTRL converge to θ* = −1/6; TBPTT with truncation 1, 10, 100 diverges;
-TBPTT-200 converges. Every run goes through ``sofo_lab.train.runner.train`` (= ``sofo-run``).
+TBPTT-200 converges. Every run goes through ``sofo_lab.train.trainer.train`` (= ``sofo-run``).
 
     python scripts/bench_influence.py [--quick] [--out outputs/bench/influence.json]
 """
@@ -22,7 +22,7 @@ def run(overrides, run_dir):
 
     from sofo_lab.conf import CONF_DIR
     from sofo_lab.core.errors import RunFailed
-    from sofo_lab.train.runner import train
+    from sofo_lab.train.trainer import train
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=overrides)

@@ -45,7 +45,8 @@ def measure(method: str, T: int, n_hidden: int, batch: int, whole_step: bool = T
 
     from sofo_lab.train import profiling
     from sofo_lab.train.assemble import build
-    from sofo_lab.train.runner import init_train_state, make_train_step
+    from sofo_lab.train.state import init_train_state
+    from sofo_lab.train.steps import make_train_step
 
     cfg = bc.compose(overrides(method, T, n_hidden, batch))
     setup = build(cfg)
@@ -75,7 +76,7 @@ def measure(method: str, T: int, n_hidden: int, batch: int, whole_step: bool = T
 def device_peak(method: str, T: int, n_hidden: int, batch: int) -> int | None:
     """One executed step in a fresh process; the allocator's peak (GPU only)."""
     code = ("import sys, json, jax; sys.path.insert(0, %r); import bench_common as bc\n"
-            "from sofo_lab.train.assemble import build\nfrom sofo_lab.train.runner import init_train_state, make_train_step\n"
+            "from sofo_lab.train.assemble import build\nfrom sofo_lab.train.state import init_train_state\nfrom sofo_lab.train.steps import make_train_step\n"
             "cfg = bc.compose(%r); s = build(cfg); ts = init_train_state(s, 0, %d)\n"
             "out = jax.jit(make_train_step(s, 0, %d))(ts); jax.block_until_ready(out)\n"
             "print(json.dumps((jax.devices()[0].memory_stats() or {}).get('peak_bytes_in_use')))"

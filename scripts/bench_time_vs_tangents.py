@@ -44,7 +44,7 @@ def timed(compiled, ts, reps: int) -> tuple[float, float, list[float]]:
 
 def setup_for(base: list[str], optim: list[str], batch: int):
     from sofo_lab.train.assemble import build
-    from sofo_lab.train.runner import init_train_state
+    from sofo_lab.train.state import init_train_state
 
     cfg = bc.compose([*base, *optim])
     setup = build(cfg)
@@ -112,7 +112,7 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")] if args.ks else ([8] if args.quick else list(KS))
     base = ["task=kalman", "model=rnn", f"model.n_hidden={n_hidden}", f"batch_size={batch}",
             f"task.n_steps={T}", "logger=none"]
-    from sofo_lab.train.runner import make_train_step
+    from sofo_lab.train.steps import make_train_step
 
     points = []
     cfg, setup, ts = setup_for(base, ["optim=adam"], batch)

@@ -44,7 +44,7 @@ def run_one(task, model, method, seed, chars, run_dir, quick):
 
     from sofo_lab.conf import CONF_DIR
     from sofo_lab.core.errors import RunFailed
-    from sofo_lab.train.runner import train
+    from sofo_lab.train.trainer import train
 
     window = 16 if quick else WINDOW
     overrides = [f"experiment={task}_uoro", f"model={model}", *METHODS[method], f"seed={seed}",
@@ -95,7 +95,9 @@ def host_overhead(task="anbn", model="gru", method="uoro", windows=(32, WINDOW),
     import jax
 
     from sofo_lab.train.assemble import build
-    from sofo_lab.train.runner import init_train_state, make_train_step, make_train_steps, train
+    from sofo_lab.train.state import init_train_state
+    from sofo_lab.train.steps import make_train_step, make_train_steps
+    from sofo_lab.train.trainer import train
 
     rows = []
     for window in windows:

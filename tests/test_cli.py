@@ -118,12 +118,13 @@ def _bad_cases(tmp_path):
         (["itterations=5"], "itterations", "iterations"),
         (["+itterations=5"], "itterations", "did you mean iterations?"),
         (["logger.mode=onlinee"], "logger.mode='onlinee'", "'offline'"),
-        (["logger.name=foo"], "logger.name='foo'", "'wandb'"),
+        (["logger._target_=mylab.Nope"], "logger._target_='mylab.Nope'", "cannot be imported"),
+        (["experiment=null"], "experiment='null'", "~experiment"),
         (["+logger.foo=1"], "logger.foo=1", "unknown key"),
         (["plots=maybe"], "plots='maybe'", "true or false"),
         (["resume=1"], "resume=1", "true or false"),
         (["log_geometric=0.5"], "log_geometric=0.5", "> 1"),
-        (["optim.lrr=0.1"], "optim.lrr", "lr"),
+        (["optim.lrr=0.1"], "optim.lrr", "did you mean optim.lr?"),
         (["iterations=abc"], "iterations='abc'", "positive integer"),
         (["iterations=0"], "iterations=0", "positive integer"),
         (["batch_size=-4"], "batch_size=-4", "positive integer"),
@@ -175,26 +176,30 @@ def test_a_key_nothing_reads_is_refused_alike_with_or_without_plus(tmp_path, mon
 
 def test_the_logger_config_is_checked_key_by_key(monkeypatch):
     from sofo_lab.core.errors import ConfigError
-    from sofo_lab.train.loggers import check_config
+    from sofo_lab.train.loggers import WandbLogger, instantiate
 
-    wandb = {"name": "wandb", "mode": None, "project": "p", "entity": None, "group": 3, "tags": ["a"],
-             "run_name": None, "run_id": None}
+    wandb = {"_target_": "sofo_lab.train.loggers.WandbLogger", "mode": None, "project": "p", "entity": None,
+             "group": 3, "tags": ["a"], "run_name": None, "run_id": None}
     monkeypatch.setenv("WANDB_MODE", "offline")
-    check_config(wandb)
-    check_config({"name": "none"})
+    (logger,) = instantiate(wandb)
+    assert isinstance(logger, WandbLogger) and logger.mode == "offline" and logger.group == "3"
+    assert instantiate(None) == [] and instantiate({}) == []
+    assert len(instantiate({"a": wandb, "b": {**wandb, "mode": "disabled"}, "c": None})) == 2
     for change, start in [({"mode": "onlinee"}, "logger.mode='onlinee': choose one of ['online', 'offline', "),
-                          ({"name": "tensorboard"}, "logger.name='tensorboard': choose one of ['none', 'wandb']"),
+                          ({"_target_": "nowhere.Tensorboard"}, "logger._target_='nowhere.Tensorboard': cannot be "
+                                                                "imported"),
                           ({"tags": "abc"}, "logger.tags='abc': must be a list of strings"),
                           ({"project": 1.5}, "logger.project=1.5: must be a string or null"),
-                          ({"run_nam": "x"}, "logger.run_nam='x': unknown key: nothing reads it (did you mean "
-                                             "logger.run_name?)")]:
+                          ({"run_nam": "x"}, "logger.run_nam='x': unknown key (did you mean logger.run_name?)")]:
         with pytest.raises(ConfigError) as err:
-            check_config({**wandb, **change})
+            instantiate({**wandb, **change})
         assert str(err.value).startswith(start), str(err.value)
+    with pytest.raises(ConfigError, match=r"^logger.b=.*needs a _target_"):
+        instantiate({"a": wandb, "b": {"mode": "x"}})
     monkeypatch.setenv("WANDB_MODE", "bogus")
     with pytest.raises(ConfigError, match="^WANDB_MODE='bogus': choose one of"):
-        check_config(wandb)
-    check_config({**wandb, "mode": "disabled"})   # logger.mode wins over WANDB_MODE
+        instantiate(wandb)
+    instantiate({**wandb, "mode": "disabled"})   # logger.mode wins over WANDB_MODE
 
 
 def test_a_bad_value_exits_in_one_line_and_writes_nothing(tmp_path):

@@ -278,20 +278,20 @@ def test_checkpoint_and_evaluation_time_stay_out_of_time_s(tmp_path, monkeypatch
     however loaded the machine."""
     import time
 
-    from sofo_lab.train import runner
+    from sofo_lab.train import checkpoint, trainer
 
-    save, real, skipped = runner.checkpoint.save, time.perf_counter, [0.0]
-    monkeypatch.setattr(runner.time, "perf_counter", lambda: real() + skipped[0])
+    save, real, skipped = checkpoint.save, time.perf_counter, [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + skipped[0])
 
     def slow_save(*a, **kw):
         skipped[0] += 1000.0
         return save(*a, **kw)
 
-    monkeypatch.setattr(runner.checkpoint, "save", slow_save)
+    monkeypatch.setattr(checkpoint, "save", slow_save)
     cfg = compose_config(["task=kalman", "optim=adam", "iterations=4", "batch_size=4", "task.n_steps=12",
                           "model.n_hidden=8", "logger=none", "progress=false", "plots=false", "log_every=1",
                           "eval_every=2", "checkpoint_every=1"])
-    summary = runner.train(cfg, tmp_path / "run", {"task": "kalman", "optim": "adam"})
+    summary = trainer.train(cfg, tmp_path / "run", {"task": "kalman", "optim": "adam"})
     hist = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [h["iteration"] for h in hist] == [0, 1, 2, 3, 4]
     assert hist[0]["time_s"] == 0.0 and set(hist[0]) == {"iteration", "time_s", "eval/loss", "eval/mse",

@@ -113,7 +113,10 @@ def test_every_experiment_preset_holds_only_deltas(experiment):
 
 @pytest.mark.parametrize("logger", options("logger"))
 def test_every_logger_composes(logger):
-    assert compose_config([f"logger={logger}"]).logger.name == logger   # loggers keep a name: the runner reads it
+    from sofo_lab.train.loggers import instantiate
+
+    built = instantiate(compose_config([f"logger={logger}"]).get("logger"))   # built from _target_, none by name
+    assert [type(x).__name__ for x in built] == {"none": [], "wandb": ["WandbLogger"]}[logger]
 
 
 @pytest.mark.parametrize("launcher", options("hydra/launcher"))

@@ -64,7 +64,8 @@ def test_a_held_out_batch_that_cannot_fit_is_refused_from_shapes(overrides, key)
 
 def test_compiled_update_memory_is_checked_and_names_the_tangents():
     from sofo_lab.train.profiling import compiled_memory_bytes, compile_timed
-    from sofo_lab.train.runner import init_train_state, make_train_step
+    from sofo_lab.train.state import init_train_state
+    from sofo_lab.train.steps import make_train_step
 
     base = ["optim=sofo", "task=kalman", "task.n_steps=6", "batch_size=2", "model.n_hidden=4"]
     sizes = {}
@@ -85,7 +86,8 @@ def test_rtrl_limit_counts_the_update_work_not_only_the_jacobian():
 
     from sofo_lab.optim import rtrl
     from sofo_lab.train.profiling import compiled_memory_bytes, compile_timed
-    from sofo_lab.train.runner import init_train_state, make_train_step
+    from sofo_lab.train.state import init_train_state
+    from sofo_lab.train.steps import make_train_step
 
     setup, cfg = _setup(["task=anbn", "model=gru", "optim=rtrl", "model.n_hidden=16", "batch_size=4",
                          "task.n_steps=2"])
@@ -115,7 +117,7 @@ def test_sofo_run_refuses_a_batch_that_cannot_fit_in_one_line(tmp_path, monkeypa
 def _state(i):
     import jax.numpy as jnp
 
-    from sofo_lab.train.runner import TrainState
+    from sofo_lab.train.state import TrainState
 
     return TrainState({"w": jnp.full((3,), float(i))}, (), (), None, jnp.asarray(i, jnp.int32))
 
@@ -337,7 +339,7 @@ def test_the_divergence_advice_names_the_runs_own_settings(tmp_path):
 def test_a_non_finite_evaluation_is_a_divergence(tmp_path, monkeypatch):
     import jax.numpy as jnp
 
-    from sofo_lab.train.runner import train
+    from sofo_lab.train.trainer import train
 
     cfg = compose_config([*TINY, "iterations=4", "checkpoint_every=3"])
     from sofo_lab.train.assemble import build
@@ -373,10 +375,12 @@ def test_the_divergence_line_is_the_last_thing_printed_even_with_wandb(tmp_path)
 
 
 def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path):
-    from sofo_lab.train.loggers import JsonlLogger
+    from sofo_lab.train.callbacks import MetricsFile
 
     (tmp_path / "metrics.jsonl").write_text('{"iteration": 1}\n{"iteration": 2}\n{"iteration": 3, "train/lo')
-    JsonlLogger(tmp_path, resume_iteration=2).close()     # a SIGKILL mid-write left half a line
+    metrics = MetricsFile()
+    assert metrics.open(tmp_path, resume_iteration=2) == [{"iteration": 1}, {"iteration": 2}]   # a SIGKILL mid-write
+    metrics.close()                                                                           # left half a line
     assert (tmp_path / "metrics.jsonl").read_text() == '{"iteration": 1}\n{"iteration": 2}\n'
 
 

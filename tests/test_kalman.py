@@ -3,7 +3,7 @@ import jax
 import numpy as np
 
 from sofo_lab.tasks.kalman import Kalman
-from sofo_lab.train.runner import train
+from sofo_lab.train.trainer import train
 from tests.conftest import compose_config
 
 

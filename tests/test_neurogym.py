@@ -10,7 +10,7 @@ import pytest
 
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.tasks.neurogym_task import NeuroGym
-from sofo_lab.train.runner import train
+from sofo_lab.train.trainer import train
 from tests.conftest import compose_config
 
 HAS_NEUROGYM = importlib.util.find_spec("neurogym") is not None

@@ -20,7 +20,8 @@ from sofo_lab.core.system import rollout
 from sofo_lab.tasks.double_reach import DoubleReach
 from sofo_lab.tasks.reach import Reach
 from sofo_lab.train.assemble import build
-from sofo_lab.train.runner import init_train_state, make_train_step
+from sofo_lab.train.state import init_train_state
+from sofo_lab.train.steps import make_train_step
 from tests.conftest import compose_config, options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,7 +194,7 @@ def test_training_batches_generated_step_by_step_are_the_sampled_batches(task):
     """The runner trains on a GeneratedBatch (nothing of length T stored); it must hold exactly
     the trials ``sample`` draws, and its per-step private noise must match its materialized form."""
     from sofo_lab.core.system import GeneratedBatch
-    from sofo_lab.train.runner import training_batch
+    from sofo_lab.train.steps import training_batch
 
     setup = build(compose_config([f"task={task}", "model=rnn", "optim=sofo", "model.n_hidden=8", "logger=none"]))
     key = jax.random.PRNGKey(5)

@@ -19,7 +19,7 @@ from sofo_lab.models import RateRNN
 from sofo_lab.tasks.recorded import PoissonLogRate, Recorded, example_dataset
 from sofo_lab.tasks.trial_pool import split_trials
 from sofo_lab.train import checkpoint
-from sofo_lab.train.runner import train
+from sofo_lab.train.trainer import train
 from tests.conftest import compose_config
 
 

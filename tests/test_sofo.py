@@ -238,7 +238,9 @@ def test_orthonormal_basis_needs_at_most_p_tangents():
 
 def test_sofo_run_learns_logs_curvature_and_its_step_memory_is_flat_in_the_horizon(tmp_path):
     from sofo_lab.train import profiling
-    from sofo_lab.train.runner import init_train_state, make_train_step, train
+    from sofo_lab.train.state import init_train_state
+    from sofo_lab.train.steps import make_train_step
+    from sofo_lab.train.trainer import train
 
     run = ["task=kalman", *TINY, "iterations=6", "eval_every=6", "batch_size=16", "model.n_hidden=32"]
     sofo_run = [*run, "optim=sofo", "optim.lr=0.5", "optim.n_tangents=16"]
@@ -268,7 +270,7 @@ def test_generated_batch_is_the_sampled_batch_and_sofo_sees_no_difference():
     """The Kalman task's step-by-step batch materializes to exactly ``sample``'s batch, and the
     SOFO/UORO updates on either agree (float64)."""
     from sofo_lab.core.system import GeneratedBatch
-    from sofo_lab.train.runner import training_batch
+    from sofo_lab.train.steps import training_batch
 
     with jax.enable_x64():
         for optim in ("sofo", "uoro"):

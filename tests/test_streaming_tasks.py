@@ -14,7 +14,7 @@ from sofo_lab.tasks.anbn import AnBn
 from sofo_lab.tasks.brackets import Brackets
 from sofo_lab.tasks.streams import init_score, update_score
 from sofo_lab.train import checkpoint
-from sofo_lab.train.runner import train
+from sofo_lab.train.trainer import train
 from tests.conftest import compose_config
 
 
@@ -182,7 +182,7 @@ def test_several_updates_per_call_are_the_same_run(tmp_path, task):
 def test_geometric_logging_keeps_a_long_stream_small():
     """10⁷ characters in windows of 320: 31 250 iterations, 678 rows at ×1.01 (the authors' spacing)."""
     from sofo_lab.core.errors import ConfigError
-    from sofo_lab.train.runner import log_due
+    from sofo_lab.train.steps import log_due
 
     points = [i for i in range(1, 31251) if log_due(i, 10, 1.01)]
     assert len(points) == 678 and points[:3] == [1, 2, 3]

@@ -11,7 +11,7 @@ from sofo_lab.core.system import Batch, rollout
 from sofo_lab.optim.bptt import bptt
 from sofo_lab.optim.tbptt import tbptt
 from sofo_lab.tasks.influence import Influence
-from sofo_lab.train.runner import train
+from sofo_lab.train.trainer import train
 from tests.conftest import compose_config
 from tests.test_uoro import make_batch, small_system
 

@@ -14,6 +14,7 @@ before any run directory or SLURM job exists) and by the runner itself.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
 import logging
 import os
@@ -92,20 +93,30 @@ def _node(cfg: DictConfig, group: str) -> DictConfig:
 
 def instantiate(cfg: DictConfig, group: str, **runtime):
     """``hydra.utils.instantiate(cfg.<group>, **runtime)``, every failure a one-line ``ConfigError``."""
+    return instantiate_node(_node(cfg, group), group, **runtime)
+
+
+def instantiate_node(node, key: str, **runtime):
+    """``hydra.utils.instantiate(node, **runtime)`` for the config at ``key`` (``task``,
+    ``logger.wandb``): its ``_target_`` importable, every key one that the class takes (the closest
+    named when not), every failure a one-line ``ConfigError``."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate as hydra_instantiate
 
-    node = _node(cfg, group)
+    if not isinstance(node, DictConfig):
+        node = OmegaConf.create(node)
     target = node._target_
-    obj = locate(target, f"{group}._target_")
+    obj = locate(target, f"{key}._target_")
     keys = [k for k in node.keys() if not (k.startswith("_") and k.endswith("_"))]
     accepted = accepted_keys(obj) if callable(obj) else None
     if accepted is not None:
         unknown = [k for k in keys if k not in accepted]
         if unknown:
             allowed = sorted(accepted - set(runtime))
-            raise ConfigError(f"{group}.{unknown[0]}", OmegaConf.select(node, unknown[0]),
-                              f"unknown key; {target} takes {allowed}")
+            close = difflib.get_close_matches(str(unknown[0]), allowed, n=1)
+            hint = f" (did you mean {key}.{close[0]}?)" if close else ""
+            raise ConfigError(f"{key}.{unknown[0]}", OmegaConf.select(node, str(unknown[0])),
+                              f"unknown key{hint}; {target} takes {allowed}")
     try:
         return hydra_instantiate(node, **runtime, _convert_="all")
     except InstantiationException as err:
@@ -115,8 +126,8 @@ def instantiate(cfg: DictConfig, group: str, **runtime):
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         reason = f"{type(cause).__name__}: {cause}" if cause is not None else str(err)
-        raise ConfigError(group, target, f"could not be built ({reason.splitlines()[0]}); "
-                                         "HYDRA_FULL_ERROR=1 shows the traceback") from err
+        raise ConfigError(key, target, f"could not be built ({reason.splitlines()[0]}); "
+                                       "HYDRA_FULL_ERROR=1 shows the traceback") from err
 
 
 def _model(cfg: DictConfig, task, choice: str | None):

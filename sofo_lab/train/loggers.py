@@ -1,29 +1,95 @@
-"""Where metrics go: ``metrics.jsonl`` always, and wandb (offline by default) when enabled.
+"""Where a run's records go besides ``metrics.jsonl``: a list of loggers built from ``conf/logger/``.
+
+The Trainer writes ``metrics.jsonl`` itself (sofo_lab/train/callbacks.py: ``MetricsFile``; resume
+reads it back) and hands the same records to every logger of the run. A logger is any object with
+three methods (``Logger``); its config names its class with ``_target_``, as task, model and
+optim configs do, so a logger of the user's own (CSV, TensorBoard, MLflow) needs a YAML file in
+their ``--config-dir`` and no change here (docs/library.md)::
+
+    # my_conf/logger/csv.yaml                  sofo-run --config-dir my_conf logger=csv
+    _target_: mylab.loggers.CsvLogger
+    filename: metrics.csv
+
+``cfg.logger`` is one such config (``logger=wandb logger.mode=online``), nothing (``logger=none``),
+or several named ones, composed as in lightning-hydra-template::
+
+    # my_conf/logger/wandb_csv.yaml            sofo-run --config-dir my_conf logger=wandb_csv
+    defaults:
+      - wandb@wandb
+      - csv@csv
+
+``instantiate`` builds the list in the pre-check (every key checked against the class's
+signature, before anything is written); a logger does nothing until ``start``.
 
 wandb never takes a run down: if it cannot start (no API key for online mode, no network,
 service crash) the run falls back to offline mode, then to local files only, with a warning.
 """
 from __future__ import annotations
 
-import difflib
-import json
-import math
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple, Protocol
 
 from sofo_lab.core.errors import ConfigError
 
-LOGGERS = ("none", "wandb")
 WANDB_MODES = ("online", "offline", "disabled")
-# the keys each logger reads (conf/logger/<name>.yaml); any other is refused before the run starts
-LOGGER_KEYS = {"none": ("name",),
-               "wandb": ("name", "mode", "project", "entity", "group", "tags", "run_name", "run_id")}
+
+
+class RunInfo(NamedTuple):
+    """What a logger is told when the run starts."""
+
+    run_dir: Path
+    config: dict                # the resolved config (plain containers)
+    choices: dict               # Hydra's group choices, e.g. {"task": "reach", "optim": "sofo"}
+    resumed_from: int | None    # the iteration a resumed run starts from; None for a fresh run
+    sweep: str | None           # the sweep directory's name in a multirun, else None
+
+
+class Logger(Protocol):
+    """A destination for a run's records. Records are flat dicts: ``iteration``, ``time_s`` and
+    ``train/<metric>`` / ``eval/<metric>`` numbers, as in metrics.jsonl (a non-finite number is
+    ``None``)."""
+
+    def start(self, run: RunInfo) -> None:
+        """Before the first record; a resumed run starts again (``run.resumed_from``)."""
+
+    def log(self, record: dict) -> None:
+        """One record per logged iteration."""
+
+    def finish(self, summary: dict) -> str | None:
+        """At the end (``summary`` as in summary.json: status, final, profile, plots by name,
+        run_dir); return a line for the run's printed result, or None."""
+
+
+def instantiate(node) -> list:
+    """The loggers ``cfg.logger`` names: none (null or empty), one (a ``_target_``) or several
+    (named entries with a ``_target_`` each; an entry set to null is off). Each is built by
+    ``assemble.instantiate_node``: an unknown key or a bad value is a one-line ``ConfigError``."""
+    from omegaconf import DictConfig
+
+    from sofo_lab.train.assemble import instantiate_node
+
+    if node is None or (isinstance(node, (dict, DictConfig)) and len(node) == 0):
+        return []
+    if not isinstance(node, (dict, DictConfig)):
+        raise ConfigError("logger", node, "pick loggers with logger=<name> (conf/logger/), or logger=none")
+    if "_target_" in node:
+        return [instantiate_node(node, "logger")]
+    loggers = []
+    for name, entry in node.items():
+        if entry is None:
+            continue
+        if not isinstance(entry, (dict, DictConfig)) or "_target_" not in entry:
+            raise ConfigError(f"logger.{name}", entry, "each named logger needs a _target_ (its class), e.g. "
+                                                       "_target_: sofo_lab.train.loggers.WandbLogger; or null")
+        loggers.append(instantiate_node(entry, f"logger.{name}"))
+    return loggers
 
 
 def wandb_mode(mode):
-    """The wandb mode a run uses: ``logger.mode``, else ``WANDB_MODE``, else offline; a one-line
-    error for any other value."""
+    """The wandb mode a run uses: ``mode``, else ``WANDB_MODE``, else offline; a one-line error for
+    any other value."""
     if mode is not None:
         if mode not in WANDB_MODES:
             raise ConfigError("logger.mode", mode, f"choose one of {list(WANDB_MODES)} or null "
@@ -33,77 +99,6 @@ def wandb_mode(mode):
     if env not in WANDB_MODES:
         raise ConfigError("WANDB_MODE", env, f"choose one of {list(WANDB_MODES)}, or unset it, or pass logger.mode=...")
     return env
-
-
-def check_config(cfg_logger) -> None:
-    """Every key of ``cfg.logger`` the logger reads, checked before anything is written: the
-    logger's name, each key's type and wandb's mode; a key no logger reads is refused."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if not isinstance(cfg_logger, (dict, DictConfig)):
-        raise ConfigError("logger", cfg_logger, f"pick a logger with logger=<name>, one of {list(LOGGERS)}")
-    name = cfg_logger.get("name")
-    if name not in LOGGERS:
-        raise ConfigError("logger.name", name, f"choose one of {list(LOGGERS)} (or logger=<name>)")
-    known = LOGGER_KEYS[name]
-    for key in cfg_logger:
-        if key not in known:
-            close = difflib.get_close_matches(str(key), known, n=1)
-            hint = f" (did you mean logger.{close[0]}?)" if close else ""
-            raise ConfigError(f"logger.{key}", cfg_logger[key], f"unknown key: nothing reads it{hint}; fix the name "
-                                                                 f"or drop it; logger={name} reads {list(known)}")
-    if name != "wandb":
-        return
-    wandb_mode(cfg_logger.get("mode"))
-    for key in ("project", "entity", "group", "run_name", "run_id"):
-        value = cfg_logger.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
-            raise ConfigError(f"logger.{key}", value, "must be a string or null")
-    tags = cfg_logger.get("tags")
-    if isinstance(tags, ListConfig):
-        tags = OmegaConf.to_container(tags)
-    if tags is not None and (not isinstance(tags, list) or not all(
-            isinstance(t, (str, int)) and not isinstance(t, bool) for t in tags)):
-        raise ConfigError("logger.tags", tags, "must be a list of strings, e.g. logger.tags=[sofo,reach]")
-
-
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None   # strict JSON: a non-finite number is null
-    return value
-
-
-def _record(line: str) -> dict:
-    """One line of metrics.jsonl, or {} for a line torn by a kill mid-write (it is recomputed)."""
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-class JsonlLogger:
-    """One JSON object per logged iteration in ``metrics.jsonl``."""
-
-    def __init__(self, run_dir: Path, resume_iteration: int | None = None):
-        self.path = Path(run_dir) / "metrics.jsonl"
-        if resume_iteration is not None and self.path.exists():
-            # Drop lines written after the checkpoint we resume from: they will be recomputed.
-            kept = [line for line in self.path.read_text().splitlines()
-                    if _record(line).get("iteration", resume_iteration + 1) <= resume_iteration]
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            os.replace(tmp, self.path)
-        elif self.path.exists():
-            self.path.unlink()
-        self._file = open(self.path, "a")
-
-    def log(self, record: dict):
-        self._file.write(json.dumps({k: _clean(v) for k, v in record.items()}, allow_nan=False) + "\n")
-        self._file.flush()
-
-    def close(self):
-        self._file.close()
 
 
 def quiet_settings(wandb):
@@ -116,29 +111,40 @@ def quiet_settings(wandb):
     return wandb.Settings(console="off", silent=True, quiet=True, show_info=False, show_warnings=False)
 
 
-class WandbLogger:
-    """A wandb run inside the run directory. ``mode`` null means: respect ``WANDB_MODE``, else offline.
-    Quiet by default (``quiet_settings``)."""
+def _text(key: str, value) -> str | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+        raise ConfigError(f"logger.{key}", value, "must be a string or null")
+    return None if value is None else str(value)
 
-    def __init__(self, cfg_logger, run_dir: Path, config: dict, choices: dict):
+
+class WandbLogger:
+    """A wandb run inside the run directory (conf/logger/wandb.yaml). ``mode`` null: ``WANDB_MODE``
+    if set, else offline (no account needed; ``wandb sync`` uploads it later). Quiet by default
+    (``quiet_settings``). In a multirun, ``group`` null groups the sweep's runs by the sweep
+    directory's name. Every value is checked here, before the run starts."""
+
+    def __init__(self, mode: str | None = None, project: str | None = "sofo-lab", entity: str | None = None,
+                 group: str | None = None, tags=(), run_name: str | None = None, run_id: str | None = None):
+        self.mode = wandb_mode(mode)
+        self.project, self.entity, self.group = _text("project", project), _text("entity", entity), _text("group", group)
+        self.run_name, self.run_id = _text("run_name", run_name), _text("run_id", run_id)
+        if tags is None:
+            tags = []
+        if not isinstance(tags, (list, tuple)) or not all(
+                isinstance(t, (str, int)) and not isinstance(t, bool) for t in tags):
+            raise ConfigError("logger.tags", tags, "must be a list of strings, e.g. logger.tags=[sofo,reach]")
+        self.tags = [str(t) for t in tags]
+        self.run = self.directory = None
+
+    def start(self, run: RunInfo) -> None:
         import wandb
 
         self.wandb = wandb
-        check_config(cfg_logger)
-        mode = wandb_mode(cfg_logger.get("mode"))
-
-        def text(key):
-            value = cfg_logger.get(key)
-            return None if value is None else str(value)
-
-        kwargs = dict(dir=str(run_dir), project=text("project") or "sofo-lab",
-                      entity=text("entity"), group=text("group"),
-                      tags=[str(t) for t in cfg_logger.get("tags") or []], name=text("run_name"),
-                      config={**config, "choices": choices},
-                      reinit="finish_previous", id=text("run_id"), resume="allow",
-                      settings=quiet_settings(wandb))
-        self.run = None
-        for attempt in dict.fromkeys([mode, "offline"]):
+        kwargs = dict(dir=str(run.run_dir), project=self.project or "sofo-lab", entity=self.entity,
+                      group=self.group or run.sweep, tags=self.tags, name=self.run_name,
+                      config={**run.config, "choices": run.choices},
+                      reinit="finish_previous", id=self.run_id, resume="allow", settings=quiet_settings(wandb))
+        for attempt in dict.fromkeys([self.mode, "offline"]):
             try:
                 self.run = wandb.init(mode=attempt, **kwargs)
                 self.mode = attempt
@@ -148,6 +154,7 @@ class WandbLogger:
                               "falling back", stacklevel=2)
         if self.run is None:
             warnings.warn("wandb is off for this run; metrics are still in metrics.jsonl", stacklevel=2)
+        self.directory = getattr(self.run, "dir", None)
 
     def _safe(self, fn, *args, **kwargs):
         if self.run is None:
@@ -159,17 +166,15 @@ class WandbLogger:
                           stacklevel=3)
             self.run = None
 
-    def log(self, record: dict):
-        step = record.get("iteration")
+    def log(self, record: dict) -> None:
         data = {k: v for k, v in record.items() if k != "iteration" and isinstance(v, (int, float))}
-        self._safe(self.run.log if self.run else None, data, step=step)
+        self._safe(self.run.log if self.run else None, data, step=record.get("iteration"))
 
-    def images(self, paths, step=None):
-        if self.run is None:
-            return
-        self._safe(self.run.log, {Path(p).stem: self.wandb.Image(str(p)) for p in paths}, step=step)
+    def finish(self, summary: dict) -> str | None:
+        run_dir = Path(summary["run_dir"])
+        if self.run is not None and summary.get("plots"):
+            self._safe(self.run.log, {Path(p).stem: self.wandb.Image(str(run_dir / p)) for p in summary["plots"]})
 
-    def summary(self, summary: dict):
         def flat(d, prefix=""):
             for k, v in d.items():
                 if isinstance(v, dict):
@@ -177,13 +182,12 @@ class WandbLogger:
                 elif v is not None:
                     yield f"{prefix}{k}", v
         if self.run is not None:
-            self._safe(self.run.summary.update, dict(flat(summary)))
-
-    @property
-    def directory(self):
-        return getattr(self.run, "dir", None) if self.run is not None else None
-
-    def close(self, exit_code: int = 0):
-        if self.run is not None:
-            self._safe(self.run.finish, exit_code=exit_code)
+            keys = ("final", "profile", "status")
+            self._safe(self.run.summary.update, dict(flat({k: summary[k] for k in keys})))
+            self._safe(self.run.finish, exit_code=0 if summary["status"] == "completed" else 1)
             self.run = None
+        if self.directory is None:
+            return None
+        where = Path(self.directory).parent
+        return (f"wandb: offline run; upload it with: wandb sync {where}" if self.mode == "offline"
+                else f"wandb: {self.mode} run in {where}")
