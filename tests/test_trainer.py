@@ -1,0 +1,167 @@
+"""The Trainer and the thin ``sofo-run`` (issue 20, item 2), in-process: a logger and a callback of
+the user's own, each run built once, one-line errors for ``experiment=null`` and a misspelt key,
+Hydra's flags read without Hydra's private parser."""
+import json
+import sys
+
+import pytest
+
+from tests.conftest import TINY, compose_config
+
+KALMAN = ["task=kalman", "optim=adam"]
+QUIET = [a for a in TINY if not a.startswith("logger=")]
+
+USER_LOGGER = '''
+import json
+from pathlib import Path
+
+
+class JsonLines:
+    """A logger of the user's own: each record as one JSON line in <run dir>/<filename>."""
+
+    def __init__(self, filename: str = "mine.jsonl"):
+        self.filename = filename
+
+    def start(self, run):
+        self.file = open(Path(run.run_dir) / self.filename, "a")
+
+    def log(self, record):
+        self.file.write(json.dumps(record) + "\\n")
+
+    def finish(self, summary):
+        self.file.close()
+        return f"mine: {summary['status']} ({self.filename})"
+'''
+
+
+def sofo_run(args, monkeypatch) -> int:
+    """``sofo-run <args>`` in this process; its exit status."""
+    from sofo_lab.cli import run
+
+    monkeypatch.setattr(sys, "argv", ["sofo-run", *args])
+    monkeypatch.setattr(run, "_exit_code", 0)
+    monkeypatch.setattr(run, "_checked", {})
+    monkeypatch.setenv("PYTHONPATH", "")
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        run.main()
+    return exit_.value.code
+
+
+@pytest.fixture
+def user_project(tmp_path, monkeypatch):
+    """A project outside the package: its logger module on sys.path, its logger configs in conf/."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "mylog.py").write_text(USER_LOGGER)
+    (tmp_path / "conf" / "logger").mkdir(parents=True)
+    (tmp_path / "conf" / "logger" / "mine.yaml").write_text("_target_: mylog.JsonLines\nfilename: mine.jsonl\n")
+    (tmp_path / "conf" / "logger" / "both.yaml").write_text(
+        "defaults:\n  - mine@first\n  - mine@second\nsecond:\n  filename: second.jsonl\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _lines(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_a_users_logger_gets_every_record_through_sofo_run(user_project, monkeypatch, capsys):
+    conf, run = user_project / "conf", user_project / "run"
+    code = sofo_run(["--config-dir", str(conf), "logger=mine", "logger.filename=mine.jsonl", *KALMAN, *QUIET,
+                     f"hydra.run.dir={run}"], monkeypatch)
+    assert code == 0, capsys.readouterr().err
+    metrics = _lines(run / "metrics.jsonl")
+    assert [r["iteration"] for r in metrics] == [0, 1, 2, 3] and _lines(run / "mine.jsonl") == metrics
+    assert "mine: completed (mine.jsonl)" in (run / "sofo.log").read_text()
+    # several loggers, composed as in lightning-hydra-template (logger/both.yaml: mine@first, mine@second)
+    both = user_project / "both"
+    assert sofo_run(["--config-dir", str(conf), "logger=both", *KALMAN, *QUIET, f"hydra.run.dir={both}"],
+                    monkeypatch) == 0
+    assert _lines(both / "mine.jsonl") == _lines(both / "second.jsonl") == _lines(both / "metrics.jsonl")
+    # its keys are checked like the package's, before anything is written
+    capsys.readouterr()
+    assert sofo_run(["--config-dir", str(conf), "logger=mine", "+logger.filenme=x", *KALMAN, *QUIET,
+                     f"hydra.run.dir={user_project / 'bad'}"], monkeypatch) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: logger.filenme='x': unknown key (did you mean logger.filename?)"), line
+    assert not (user_project / "bad").exists()
+
+
+def test_each_run_is_built_once(tmp_path, monkeypatch, capsys):
+    """The pre-check's build is the one the run trains: build, per_optim.apply and check_shapes
+    once per run, for a single run and for each run of a sweep under the basic launcher."""
+    from sofo_lab.train import per_optim, resources, trainer
+
+    calls = {"build": 0, "apply": 0, "check_shapes": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(trainer, "build", counted("build", trainer.build))
+    monkeypatch.setattr(per_optim, "apply", counted("apply", per_optim.apply))
+    monkeypatch.setattr(resources, "check_shapes", counted("check_shapes", resources.check_shapes))
+    monkeypatch.chdir(tmp_path)
+    assert sofo_run([*KALMAN, *TINY, f"hydra.run.dir={tmp_path / 'one'}"], monkeypatch) == 0, capsys.readouterr()
+    assert calls == {"build": 1, "apply": 1, "check_shapes": 1}
+    assert json.loads((tmp_path / "one" / "summary.json").read_text())["status"] == "completed"
+    calls.update(build=0, apply=0, check_shapes=0)
+    assert sofo_run(["-m", *KALMAN, *TINY, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], monkeypatch) == 0
+    assert calls == {"build": 2, "apply": 2, "check_shapes": 2}
+    assert all((tmp_path / "sweep" / str(i) / "summary.json").is_file() for i in (0, 1))
+
+
+@pytest.mark.parametrize("args,start", [
+    (["experiment=null"], "error: experiment='null': a config group takes a config name, not null; choose one of"),
+    (["optim.lrr=0.1"], "error: optim.lrr='0.1': unknown key (did you mean optim.lr?); optim has"),
+])
+def test_bad_input_ends_in_one_line(tmp_path, monkeypatch, capsys, args, start):
+    monkeypatch.chdir(tmp_path)
+    assert sofo_run([*KALMAN, *args], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith(start), err
+    assert not list(tmp_path.iterdir())
+
+
+def test_the_flags_read_before_hydra_are_hydras():
+    """cli/command.py reads Hydra's flags with a public parser of its own; they must stay Hydra's."""
+    from hydra._internal.utils import get_args_parser   # the test may look inside Hydra; the package does not
+
+    from sofo_lab.cli.command import flags_first, parser
+
+    def flags(p):
+        return {tuple(sorted(a.option_strings)) for a in p._actions if a.option_strings}
+
+    assert flags(parser()) == flags(get_args_parser())
+    assert flags_first(["task=reach", "-m", "seed=0,1", "-cn", "config"]) == ["-m", "-cn", "config", "task=reach",
+                                                                             "seed=0,1"]
+
+
+def test_a_callback_of_ones_own_sees_every_step(tmp_path):
+    from sofo_lab.train.callbacks import Callback
+    from sofo_lab.train.trainer import Trainer, default_callbacks, prepare
+
+    class Count(Callback):
+        every = 2   # wants the state at every 2nd update
+
+        def __init__(self):
+            self.seen, self.states, self.ended = [], [], None
+
+        def on_step(self, trainer, step):
+            self.seen.append(step.done)
+            if step.done % 2 == 0:
+                self.states.append(int(step.state.iteration))
+
+        def on_end(self, trainer, summary):
+            self.ended = summary["status"]
+            summary["final"]["mine"] = len(self.seen)
+
+    cfg = compose_config([*KALMAN, *TINY, "iterations=4", "steps_per_dispatch=2", "eval_every=4",
+                          "checkpoint_every=4"])
+    count = Count()
+    summary = Trainer(prepare(cfg), tmp_path / "run", callbacks=[*default_callbacks(cfg), count]).fit()
+    assert count.seen == [0, 1, 2, 3, 4] and count.states == [0, 2, 4] and count.ended == "completed"
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["final"]["mine"] == 5 == summary["final"]["mine"]
