@@ -2,7 +2,10 @@
 the user's own, each run built once, one-line errors for ``experiment=null`` and a misspelt key,
 Hydra's flags read without Hydra's private parser."""
 import json
+import re
+import shlex
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -41,6 +44,7 @@ def sofo_run(args, monkeypatch) -> int:
     monkeypatch.setattr(sys, "argv", ["sofo-run", *args])
     monkeypatch.setattr(run, "_exit_code", 0)
     monkeypatch.setattr(run, "_checked", {})
+    monkeypatch.setattr(sys, "path", list(sys.path))   # sofo-run appends the working directory
     monkeypatch.setenv("PYTHONPATH", "")
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as exit_:
@@ -165,3 +169,49 @@ def test_a_callback_of_ones_own_sees_every_step(tmp_path):
     summary = Trainer(prepare(cfg), tmp_path / "run", callbacks=[*default_callbacks(cfg), count]).fit()
     assert count.seen == [0, 1, 2, 3, 4] and count.states == [0, 2, 4] and count.ended == "completed"
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["final"]["mine"] == 5 == summary["final"]["mine"]
+
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "library.md"
+
+
+def _doc_section(heading: str) -> str:
+    return re.split(r"^## ", DOC.read_text().split(heading, 1)[1], flags=re.M)[0]
+
+
+def test_the_docs_loggers_run_as_written(tmp_path, monkeypatch, capsys):
+    """docs/library.md, "Your own logger from the command line": its files in a project outside the
+    package, each of its sofo-run lines run there (tiny sizes appended)."""
+    section = _doc_section("## Your own logger from the command line")
+    (tmp_path / "mylab").mkdir()
+    (tmp_path / "mylab" / "__init__.py").write_text("")
+    for lang, body in re.findall(r"^```(\w+)\n(.*?)^```", section, flags=re.S | re.M):
+        first = body.splitlines()[0]
+        if lang in ("python", "yaml") and first.startswith("# "):
+            path = tmp_path / first[2:].split(":")[0].strip()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(body)
+    commands = [shlex.split(line)[1:] for line in re.findall(r"^sofo-run .*$", section, flags=re.M)]
+    assert len(commands) == 2 and {"logger=csv", "logger=wandb_csv"} <= {a for c in commands for a in c}
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    for i, args in enumerate(commands):
+        run = tmp_path / f"run{i}"
+        assert sofo_run([*args, *QUIET, f"hydra.run.dir={run}"], monkeypatch) == 0, capsys.readouterr().err
+        metrics = _lines(run / "metrics.jsonl")
+        csv_name = "metrics.csv" if i == 0 else "all.csv"
+        rows = (run / csv_name).read_text().splitlines()
+        assert rows[0] == "iteration,time_s,metric,value"
+        assert len(rows) - 1 == sum(len(r) - 2 for r in metrics)
+        assert f"csv: {csv_name} in the run directory" in (run / "sofo.log").read_text()
+    try:
+        import tensorboardX  # noqa: F401
+    except ImportError:   # the guarded import: one line, exit 2, nothing written
+        capsys.readouterr()
+        assert sofo_run(["--config-dir", "conf", "logger=tensorboard", *KALMAN, *QUIET, "hydra.run.dir=tb"],
+                        monkeypatch) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error: logger='mylab.tblog.TensorBoardLogger': could not be built") and \
+            "pip install tensorboardX" in line, line
+        assert not (tmp_path / "tb").exists()
+    for name in [m for m in sys.modules if m == "mylab" or m.startswith("mylab.")]:
+        monkeypatch.delitem(sys.modules, name)
