@@ -75,6 +75,29 @@ class Model(Protocol):
 
 
 @runtime_checkable
+class Plant(Protocol):
+    """A differentiable body a model drives in closed loop (``sofo_lab.core.system.ClosedLoop``):
+    the two-joint arm (``sofo_lab.tasks.plants.arm.Arm``) or a user's own.
+
+    Contract: no parameters; every method acts trial by trial (row b of an output depends only on
+    row b of the inputs), which lets SOFO's fast path use one per-trial Jacobian for all K tangents.
+
+    - ``init_state(B, dtype) -> [B, S]``: the plant at the start of every trial;
+    - ``feedback(s) -> [B, F]``: what the network sees of it (``n_feedback`` = F);
+    - ``step(s, command [B, C]) -> (s' [B, S], y [B, O])``: one step driven by the model's output;
+      ``y`` is what the loss sees.
+    """
+
+    n_feedback: int
+
+    def init_state(self, batch_size: int, dtype) -> Any: ...
+
+    def feedback(self, state) -> Any: ...
+
+    def step(self, state, command) -> tuple[Any, Any]: ...
+
+
+@runtime_checkable
 class Task(Protocol):
     """A pure, key-driven source of batches with named channels, a loss, metrics and plots
     (conf/task/*.yaml). ``sofo_lab.tasks.base.Task`` provides every method but ``sample`` (and,

@@ -54,9 +54,10 @@ class Batch(NamedTuple):
     def dtype(self):
         return self.targets.dtype
 
-    def scan(self, body, carry):
-        """``lax.scan`` of ``body(carry, (x_t, target_t, w_t))`` over the time steps."""
-        return jax.lax.scan(body, carry, (self.xs, self.targets, self.weights))
+    def scan(self, body, carry, unroll: int = 1):
+        """``lax.scan`` of ``body(carry, (x_t, target_t, w_t))`` over the time steps; ``unroll`` steps
+        per loop iteration (small per-step work: fewer loop round trips, larger fusions)."""
+        return jax.lax.scan(body, carry, (self.xs, self.targets, self.weights), unroll=unroll)
 
     def materialize(self) -> Batch:
         return self
@@ -89,7 +90,7 @@ class GeneratedBatch:
         _, (_, target, _) = jax.eval_shape(self.step_fn, self.state, jnp.zeros((), jnp.int32))
         return target.dtype
 
-    def scan(self, body, carry):
+    def scan(self, body, carry, unroll: int = 1):
         # The step counter rides in the carry (no xs): nothing the scan reads grows with T.
         def outer(c, _):
             inner, gen, t = c
@@ -98,7 +99,7 @@ class GeneratedBatch:
             return (inner, gen, t + 1), out
 
         (carry, _, _), outs = jax.lax.scan(outer, (carry, self.state, jnp.zeros((), jnp.int32)), None,
-                                           length=self.n_steps)
+                                           length=self.n_steps, unroll=unroll)
         return carry, outs
 
     def materialize(self) -> Batch:
@@ -125,6 +126,50 @@ class ModelSystem:
         return self.model.sample_noise(key, n_steps, batch_size)
 
 
+class ClosedLoopState(NamedTuple):
+    net: State               # the model's state
+    plant: jax.Array         # [B, S]: the plant's state
+
+
+class ClosedLoop:
+    """A model driving a plant in closed loop (a ``Plant``, sofo_lab/core/interfaces.py): a system.
+
+        u_t      = [x_t.u, plant.feedback(s_t)]          (the plant as it was before the step)
+        net', c  = model.step(params, net, u_t)          (c: the command, the model's output)
+        s', y_t  = plant.step(s_t, c)
+
+    The plant has no parameters and acts trial by trial, so forward mode needs only its per-trial
+    Jacobian, one small matrix per trial and step, whatever the number of tangents
+    (``ClosedLoopStepper`` in sofo_lab/optim/_forward.py). ``State`` names the state's two parts
+    (the arm's is ``ArmState(net, arm)``, tasks/plants/arm.py).
+    """
+
+    State = ClosedLoopState
+
+    def __init__(self, model, plant, loss):
+        self.model, self.plant, self.loss = model, plant, loss
+
+    def init_params(self, key) -> Params:
+        return self.model.init_params(key)
+
+    def init_state(self, params: Params, batch_size: int) -> State:
+        net = self.model.init_state(params, batch_size)
+        return self.State(net, self.plant.init_state(batch_size, jnp.result_type(*jax.tree.leaves(params))))
+
+    def network_input(self, x: StepInput, plant_state) -> StepInput:
+        return StepInput(jnp.concatenate([x.u, self.plant.feedback(plant_state).astype(x.u.dtype)], axis=-1),
+                         x.noise)
+
+    def step(self, params: Params, state: State, x: StepInput):
+        net, plant_state = state
+        net, command = self.model.step(params, net, self.network_input(x, plant_state))
+        plant_state, y = self.plant.step(plant_state, command)
+        return self.State(net, plant_state), y
+
+    def sample_noise(self, key, n_steps: int, batch_size: int):
+        return self.model.sample_noise(key, n_steps, batch_size)
+
+
 def step_with_loss(system, x: StepInput, target, w):
     """``f(θ, s) -> (ℓ, s')``: one system step and its per-step loss (UORO and RTRL differentiate it)."""
 
@@ -135,8 +180,8 @@ def step_with_loss(system, x: StepInput, target, w):
     return f
 
 
-def rollout(system, params: Params, state0: State, batch: Batch):
-    """Run the system over a ``Batch`` or ``GeneratedBatch``.
+def rollout(system, params: Params, state0: State, batch: Batch, unroll: int = 1):
+    """Run the system over a ``Batch`` or ``GeneratedBatch`` (``unroll`` steps per loop iteration).
 
     Returns ``(state_T, ys [T,B,O], losses [T])``."""
 
@@ -145,7 +190,7 @@ def rollout(system, params: Params, state0: State, batch: Batch):
         state, y = system.step(params, state, x)
         return state, (y, system.loss.value(y, target, w))
 
-    state, (ys, losses) = batch.scan(body, state0)
+    state, (ys, losses) = batch.scan(body, state0, unroll=unroll)
     return state, ys, losses
 
 

@@ -19,8 +19,13 @@ How a step's tangents are computed is a *stepper*:
   ``[r, u, 1] @ [Ẇ_rec; Ẇ_in; ḃ]`` (``[B, N+I+1] @ [N+I+1, K·N]``) for every parameter-tangent
   term, the φ' mask applied once per step, no transposes inside the loop.
 
-``stepper_for(system)`` picks the fast one for a plain rate network and the generic one otherwise;
-tests prove both give the same C and G̃ as reverse mode and a dense Jacobian.
+- ``ClosedLoopStepper``: a rate network driving a plant (``ClosedLoop``: the arm of the motor tasks,
+  or a user's ``Plant``): the rate network's hand-written tangents, and the plant's per-trial
+  Jacobian (S + C directions, not K lanes) applied to every lane in one batched contraction.
+
+``stepper_for(system)`` picks a fast one for a rate network, alone or in closed loop, and the generic
+one otherwise; tests prove all give the same C and G̃ as reverse mode and a dense Jacobian
+(tests/test_sofo.py, tests/test_closed_loop.py).
 
 References:
     Yu, Xia, Ma, Lengyel, Hennequin. Second-order forward-mode optimization of recurrent neural
@@ -36,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sofo_lab.core.system import ModelSystem, initial_state
+from sofo_lab.core.system import ClosedLoop, ModelSystem, initial_state
 
 ACC = "float64"
 
@@ -203,22 +208,30 @@ class RateRNNStepper:
         return jnp.concatenate([self.model.alpha * params["W_rec"], params["W_out"]], axis=1)
 
     def step(self, params, consts, z, tangents, x):
+        z_new, y, tangents, dy = self.net_step(params, consts, z, tangents, x.u, x.noise)
+        return z_new, y, tangents, jnp.moveaxis(dy, 1, 0)
+
+    def net_step(self, params, consts, z, tangents, u, noise, input_drive=None):
+        """One step with lanes inside the batch: ``dy`` is ``[B, K, O]``. ``input_drive`` ``[B, K, N]``
+        adds ``α u̇ W_in`` when the input has tangents (a closed loop's feedback)."""
         drive_t, out_t, both = consts
         dz, carried = tangents
         alpha, phi = self.model.alpha, self.model.phi
         B, K, N = dz.shape
         r = phi(z)
         if self.fused:
-            if x.noise is not None:
+            if noise is not None:
                 raise ValueError("RateRNNStepper: noise given to a model with noise_amplitude=0")
             recurrent = carried[..., :N]                                 # α (φ'(z) ⊙ ż) W_rec
         else:
-            r, dr = r * x.noise, carried * x.noise[:, None, :]
+            r, dr = r * noise, carried * noise[:, None, :]
             recurrent = alpha * (dr.reshape(B * K, N) @ params["W_rec"]).reshape(B, K, N)
         ones = jnp.ones((B, 1), z.dtype)
-        z_new = (1.0 - alpha) * z + alpha * (r @ params["W_rec"] + x.u @ params["W_in"] + params["b"])
-        inject = (jnp.concatenate([r, x.u.astype(z.dtype), ones], axis=1) @ drive_t).reshape(B, K, N)
+        z_new = (1.0 - alpha) * z + alpha * (r @ params["W_rec"] + u @ params["W_in"] + params["b"])
+        inject = (jnp.concatenate([r, u.astype(z.dtype), ones], axis=1) @ drive_t).reshape(B, K, N)
         dz_new = (1.0 - alpha) * dz + inject + recurrent
+        if input_drive is not None:
+            dz_new = dz_new + input_drive
         h = phi(z_new)
         q_new = dz_new * self._dphi(z_new)[:, None, :]
         y = h @ params["W_out"] + params["b_out"]
@@ -230,16 +243,81 @@ class RateRNNStepper:
             carried = q_new
             readout = (q_new.reshape(B * K, N) @ params["W_out"]).reshape(B, K, O)
         dy = readout + (jnp.concatenate([h, ones], axis=1) @ out_t).reshape(B, K, O)
-        return z_new, y, (dz_new, carried), jnp.moveaxis(dy, 1, 0)
+        return z_new, y, (dz_new, carried), dy
+
+
+class ClosedLoopStepper:
+    """A rate network driving a plant (``ClosedLoop``, sofo_lab/core/system.py), lanes inside the batch.
+
+    The network's tangents are ``RateRNNStepper``'s; the feedback enters them as one GEMM
+    ``α Ḟ W_fb`` (``Ḟ`` [B, K, F], ``W_fb`` the feedback rows of ``W_in``). The plant is linearized
+    once per step at the primal point and its per-trial Jacobian
+
+        J_b = ∂(s', y, feedback(s')) / ∂(s, c)          [S + C, S + O + F] for trial b
+
+    is built from S + C basis directions (not K lanes); every lane then goes through it in one
+    batched contraction ``[ṡ, ċ]_bk J_b``. The plant is trial by trial (sofo_lab/core/interfaces.py,
+    ``Plant``), so this is its exact linearization; tests compare it with the generic stepper and
+    reverse mode in float64.
+    """
+
+    lane_axis = 1
+
+    def __init__(self, system):
+        self.system, self.plant = system, system.plant
+        self.net = RateRNNStepper(ModelSystem(system.model, system.loss))
+        self.n_feedback = int(system.plant.n_feedback)
+
+    def prepare(self, params, tangents):
+        return self.net.prepare(params, tangents)
+
+    def from_lanes_first(self, params, state, state_tangents):
+        net_state, s = state
+        ds = jnp.moveaxis(state_tangents[1], 0, 1)                           # [B, K, S]
+        dfb = jax.vmap(lambda d: jax.jvp(self.plant.feedback, (s,), (d,))[1], in_axes=1, out_axes=1)(ds)
+        return self.net.from_lanes_first(params, net_state, state_tangents[0]), ds, dfb
+
+    def _plant_jacobian(self, s, command):
+        """The plant's step and its per-trial Jacobian ``[B, S + C, S + O + F]``."""
+        def through(s, c):
+            s_new, y = self.plant.step(s, c)
+            return s_new, y, self.plant.feedback(s_new)
+
+        (s_new, y, _), linear = jax.linearize(through, s, command)
+        S, C = s.shape[1], command.shape[1]
+        B = s.shape[0]
+        eye_s = jnp.broadcast_to(jnp.eye(S + C, S, dtype=s.dtype)[:, None, :], (S + C, B, S))
+        eye_c = jnp.broadcast_to(jnp.eye(S + C, C, -S, dtype=command.dtype)[:, None, :], (S + C, B, C))
+        parts = jax.vmap(linear)(eye_s, eye_c)                               # each [S + C, B, ...]
+        jac = jnp.concatenate([p.astype(s.dtype) for p in parts], axis=-1)   # [S + C, B, S + O + F]
+        return s_new, y, jnp.moveaxis(jac, 1, 0), S, y.shape[-1]
+
+    def step(self, params, consts, state, tangents, x):
+        net_state, s = state
+        net_t, ds, dfb = tangents
+        B, K, F = dfb.shape
+        alpha = self.net.model.alpha
+        w_fb = params["W_in"][-F:]
+        feedback_drive = alpha * (dfb.reshape(B * K, F).astype(w_fb.dtype) @ w_fb).reshape(B, K, -1)
+        u = self.system.network_input(x, s).u
+        net_new, command, net_t, dcommand = self.net.net_step(params, consts, net_state, net_t, u, x.noise,
+                                                              feedback_drive)
+        s_new, y, jac, S, O = self._plant_jacobian(s, command)
+        d_in = jnp.concatenate([ds, dcommand.astype(ds.dtype)], axis=-1)     # [B, K, S + C]
+        d_out = jnp.einsum("bki,bir->bkr", d_in, jac)                        # [B, K, S + O + F]
+        ds_new, dy, dfb_new = d_out[..., :S], d_out[..., S:S + O], d_out[..., S + O:]
+        return self.system.State(net_new, s_new), y, (net_t, ds_new, dfb_new), jnp.moveaxis(dy, 1, 0)
 
 
 def stepper_for(system, fast: bool = True):
-    """The hand-written stepper when the system's step is exactly ``RateRNN.step`` (a model with no
-    plant: ``ModelSystem``, whose step is its model's), the generic one for every other system."""
+    """The hand-written stepper when the network is exactly ``RateRNN`` (alone, ``ModelSystem``, or
+    driving a plant, ``ClosedLoop``); the generic one for every other system, or with ``fast=False``."""
     from sofo_lab.models.rnn import RateRNN
 
     if fast and isinstance(system, ModelSystem) and type(system.model) is RateRNN:
         return RateRNNStepper(system)
+    if fast and isinstance(system, ClosedLoop) and type(system.model) is RateRNN:
+        return ClosedLoopStepper(system)
     return GenericStepper(system)
 
 
@@ -254,7 +332,7 @@ class Sketch(NamedTuple):
 
 
 def forward_sketch(system, params, tangents, batch, carry, *, with_ggn: bool = True, stepper=None,
-                   sharding: LaneSharding = LaneSharding(), per_trial: bool = False) -> Sketch:
+                   sharding: LaneSharding = LaneSharding(), per_trial: bool = False, unroll: int = 1) -> Sketch:
     """Run ``system`` once over ``batch`` in batched forward mode along ``tangents`` (leaves [K, ...]).
 
     ``carry`` None: episodic, the initial state's tangents are those of ``init_state`` (non-zero
@@ -299,7 +377,7 @@ def forward_sketch(system, params, tangents, batch, carry, *, with_ggn: bool = T
                 ggn = ggn + g_t.astype(ACC)
         return (state, dstate, (loss, cvec, ggn)), None
 
-    (state, _, (loss, cvec, ggn)), _ = batch.scan(body, (state0, dstate0, acc0))
+    (state, _, (loss, cvec, ggn)), _ = batch.scan(body, (state0, dstate0, acc0), unroll=unroll)
     with _x64():
         if with_ggn:
             ggn = 0.5 * (ggn + ggn.T)

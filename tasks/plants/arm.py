@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from sofo_lab.core.errors import ConfigError
-from sofo_lab.core.system import StepInput
+from sofo_lab.core.system import ClosedLoop
 
 START_POSTURE_DEG = (20.0, 140.0)    # θ1, θ2 at rest at the start of every trial
 INTEGRATORS = ("euler", "semi_implicit")
@@ -138,35 +138,42 @@ class ArmState(NamedTuple):
     arm: object              # [B, 4]: θ1, θ2, θ̇1, θ̇2
 
 
-class ArmSystem:
-    """A model driving the arm in closed loop: a system every optimizer consumes unchanged."""
+class Arm:
+    """The arm as a ``Plant`` (sofo_lab/core/interfaces.py): state ``q [B, 4]``, command the
+    network's readout, torque ``τ = torque_scale · command``, output ``(hand x, y, ẋ, ẏ, τ1, τ2)``
+    after the step; the network's feedback ``(θ1 − θ1⁰, θ2 − θ2⁰, θ̇1, θ̇2)``."""
 
     n_feedback = 4
 
-    def __init__(self, model, loss, arm: ArmParams, dt: float, integrator: str = "euler",
-                 torque_scale: float = 1.0):
-        self.model, self.loss, self.arm = model, loss, arm
-        self.dt, self.integrator, self.torque_scale = float(dt), integrator, float(torque_scale)
+    def __init__(self, arm: ArmParams, dt: float, integrator: str = "euler", torque_scale: float = 1.0):
+        self.params, self.dt, self.integrator = arm, float(dt), integrator
+        self.torque_scale = float(torque_scale)
         self._start = tuple(math.radians(d) for d in START_POSTURE_DEG)
 
-    def init_params(self, key):
-        return self.model.init_params(key)
+    def init_state(self, batch_size: int, dtype=jnp.float32):
+        return start_state(batch_size, dtype)
 
-    def init_state(self, params, batch_size: int) -> ArmState:
-        net = self.model.init_state(params, batch_size)
-        dtype = jnp.result_type(*jax.tree.leaves(params))
-        return ArmState(net, start_state(batch_size, dtype))
+    def feedback(self, q):
+        return q - jnp.asarray(self._start + (0.0, 0.0), q.dtype)
+
+    def step(self, q, command):
+        torque = self.torque_scale * command
+        q = arm_step(self.params, q, torque, self.dt, self.integrator)
+        return q, jnp.concatenate([hand(self.params, q), torque], axis=-1)
+
+
+class ArmSystem(ClosedLoop):
+    """A model driving the arm in closed loop: a system every optimizer consumes unchanged, SOFO
+    through its closed-loop fast path (sofo_lab/optim/_forward.py) when the model is the rate network."""
+
+    State = ArmState
+    n_feedback = Arm.n_feedback
+
+    def __init__(self, model, loss, arm: ArmParams, dt: float, integrator: str = "euler",
+                 torque_scale: float = 1.0):
+        super().__init__(model, Arm(arm, dt, integrator, torque_scale), loss)
+        self.arm, self.dt, self.integrator, self.torque_scale = arm, float(dt), integrator, float(torque_scale)
 
     def feedback(self, q):
         """What the network sees of the arm: ``(θ1 − θ1⁰, θ2 − θ2⁰, θ̇1, θ̇2)``."""
-        return q - jnp.asarray(self._start + (0.0, 0.0), q.dtype)
-
-    def step(self, params, state: ArmState, x: StepInput):
-        u = jnp.concatenate([x.u, self.feedback(state.arm).astype(x.u.dtype)], axis=-1)
-        net, command = self.model.step(params, state.net, StepInput(u, x.noise))
-        torque = self.torque_scale * command
-        q = arm_step(self.arm, state.arm, torque, self.dt, self.integrator)
-        return ArmState(net, q), jnp.concatenate([hand(self.arm, q), torque], axis=-1)
-
-    def sample_noise(self, key, n_steps: int, batch_size: int):
-        return self.model.sample_noise(key, n_steps, batch_size)
+        return self.plant.feedback(q)
