@@ -1,5 +1,6 @@
-"""The motor tasks: trial structure, reachable targets, metrics, every optimizer through the arm,
-SOFO's sketch through the closed loop against reverse mode, and the benchmark's quick mode."""
+"""The motor tasks: trial structure, reachable targets, metrics, SOFO's sketch through the closed
+loop against reverse mode, and the benchmark's quick mode. Every optimizer through the arm:
+tests/test_optimizers.py."""
 import json
 import math
 import subprocess
@@ -13,19 +14,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from hydra.utils import get_object
-
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.core.system import rollout
 from sofo_lab.tasks.double_reach import DoubleReach
 from sofo_lab.tasks.reach import Reach
 from sofo_lab.train.assemble import build
-from sofo_lab.train.state import init_train_state
-from sofo_lab.train.steps import make_train_step
-from tests.conftest import compose_config, options
+from tests.conftest import compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
-REQUIRED_OPTIMIZERS = ("adam", "sofo", "uoro", "tbptt")
 
 
 def _phase_checks(task, batch):
@@ -140,53 +136,6 @@ def test_bad_timing_and_targets_raise_config_errors_and_tiny_trials_are_compress
     with pytest.warns(UserWarning, match="scaled"):
         task = DoubleReach(n_steps=12)
     _phase_checks(task, jax.jit(task.sample, static_argnums=1)(jax.random.PRNGKey(4), 8))
-
-
-def test_every_required_optimizer_has_a_config_with_an_importable_target():
-    for name in REQUIRED_OPTIMIZERS:
-        assert name in options("optim"), name
-        assert callable(get_object(compose_config([f"optim={name}"]).optim._target_)), name
-
-
-OPTIMS = options("optim")
-TINY_OPTIM = {"sofo": ["optim.n_tangents=4"], "fgd": ["optim.n_tangents=4"], "tbptt": ["optim.truncation=4"]}
-MODELS = ("rnn", "gru", "lstm")
-COMBOS = [(task, model, optim) for optim in OPTIMS for model in MODELS for task in ("reach", "double_reach")]
-
-
-def test_the_combinations_cover_every_optimizer_model_and_arm_task():
-    """The battery below is every optimizer config × every model config × every task config that
-    drives the arm (a MotorTask), each once: a new config in conf/optim, conf/model or conf/task is
-    trained through the arm without editing this file, and a required optimizer cannot go missing."""
-    from omegaconf import OmegaConf
-
-    from sofo_lab.conf import CONF_DIR
-    from sofo_lab.tasks.motor_common import MotorTask
-
-    arm_tasks = {t for t in options("task")
-                 if issubclass(get_object(OmegaConf.load(Path(CONF_DIR) / "task" / f"{t}.yaml")._target_), MotorTask)}
-    assert {"reach", "double_reach"} <= arm_tasks
-    tasks, models, optims = ({c[i] for c in COMBOS} for i in range(3))
-    assert tasks == arm_tasks and models == set(options("model")) and optims == set(options("optim"))
-    assert set(REQUIRED_OPTIMIZERS) <= optims
-    assert len(set(COMBOS)) == len(COMBOS) == len(tasks) * len(models) * len(optims)   # the whole product
-
-
-@pytest.mark.parametrize("task,model,optim", COMBOS)
-def test_every_optimizer_trains_through_the_arm(task, model, optim):
-    cfg = compose_config([f"task={task}", f"model={model}", f"optim={optim}", "task.n_steps=8", "batch_size=2",
-                          "model.n_hidden=4", "logger=none", *TINY_OPTIM.get(optim, [])])
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        setup = build(cfg)
-    ts = init_train_state(setup, 0, 2)   # eager: a jit of the init would cost a compile per combination
-    step = jax.jit(make_train_step(setup, 0, 2))
-    params0 = ts.params
-    for _ in range(2):
-        ts, metrics = step(ts)
-        assert bool(metrics["finite"]) and np.isfinite(float(metrics["loss"]))
-    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ts.params, params0)
-    assert max(jax.tree.leaves(moved)) > 0
 
 
 @pytest.mark.parametrize("task", ["reach", "double_reach"])
