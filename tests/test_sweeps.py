@@ -47,9 +47,9 @@ def test_basic_sweep_divergent_run_finishes_others_and_groups_wandb(tmp_path):
     for row in rows:
         run = Path(row["run_dir"])
         assert (run / "metrics.jsonl").is_file() and (run / "summary.json").is_file()
-        # both wandb runs carry the sweep directory's name as their group
+        # both wandb runs carry the sweep directory's name as their group (RunRecord.run_group, field 6)
         blob = next(run.glob("wandb/offline-run-*/run-*.wandb")).read_bytes()
-        assert f'"group":"{sweep_dir.name}"'.encode() in blob
+        assert b"\x32" + bytes([len(sweep_dir.name)]) + sweep_dir.name.encode() in blob
 
 
 @pytest.mark.slow
