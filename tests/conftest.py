@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import shutil
 import subprocess
@@ -43,6 +44,21 @@ def run_cli(args, cwd, env=None, timeout=300):
     full_env.pop("HYDRA_FULL_ERROR", None)
     return subprocess.run([sys.executable, "-m", "sofo_lab.cli.run", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def one_line_error(out, code=2):
+    """The last line of a ``sofo-run`` that failed as it should: exit ``code``, no traceback."""
+    lines = [x for x in out.stderr.splitlines() if x.strip()]
+    assert out.returncode == code, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr, out.stderr[-3000:]
+    return lines[-1]
+
+
+def strict(text: str):
+    """Parse JSON that must be strict (no NaN or Infinity)."""
+    def bad(constant):
+        raise AssertionError(f"not strict JSON: {constant}")
+    return json.loads(text, parse_constant=bad)
 
 
 @pytest.fixture
