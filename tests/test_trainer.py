@@ -203,6 +203,10 @@ def test_the_docs_loggers_run_as_written(tmp_path, monkeypatch, capsys):
         assert rows[0] == "iteration,time_s,metric,value"
         assert len(rows) - 1 == sum(len(r) - 2 for r in metrics)
         assert f"csv: {csv_name} in the run directory" in (run / "sofo.log").read_text()
+        final = json.loads((run / "summary.json").read_text())["final"]
+        if "callbacks=best" in args:   # the user's callback, after the built-in ones
+            best = min((r["eval/loss"], r["iteration"]) for r in metrics if "eval/loss" in r)
+            assert (final["best/eval_loss"], final["best/iteration"]) == best
     try:
         import tensorboardX  # noqa: F401
     except ImportError:   # the guarded import: one line, exit 2, nothing written

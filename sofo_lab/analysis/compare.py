@@ -52,7 +52,7 @@ from sofo_lab.train.reporting import reference_levels
 GROUP_CHOICES = ("task", "model", "optim", "experiment")
 # Keys that change how a run is logged or stored, not what it computes.
 PLUMBING = ("seed", "progress", "plots", "resume", "log_every", "eval_every", "checkpoint_every",
-            "logger", "hydra", "local", "cluster", "eval_batch_size", "steps_per_dispatch")
+            "logger", "callbacks", "hydra", "local", "cluster", "eval_batch_size", "steps_per_dispatch")
 
 
 @dataclass

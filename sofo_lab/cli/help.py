@@ -17,7 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from sofo_lab.conf import CONF_DIR
 
 WIDTH = 100
-SHOWN_GROUPS = ("task", "model", "optim", "logger", "experiment", "cluster", "local", "hydra/launcher")
+SHOWN_GROUPS = ("task", "model", "optim", "logger", "callbacks", "experiment", "cluster", "local", "hydra/launcher")
 KEY_GROUPS = ("task", "model", "optim")
 # Options Hydra and its plugins define in code (no YAML to read a comment from).
 BUILTIN = {

@@ -130,6 +130,26 @@ def instantiate_node(node, key: str, **runtime):
                                        "HYDRA_FULL_ERROR=1 shows the traceback") from err
 
 
+def instantiate_all(node, key: str) -> list:
+    """The objects a config names: none (null or empty), one (a ``_target_``) or several (named
+    entries with a ``_target_`` each, as in lightning-hydra-template; an entry set to null is off).
+    ``key`` (``logger``, ``callbacks``) names them in messages."""
+    if node is None or (isinstance(node, (dict, DictConfig)) and len(node) == 0):
+        return []
+    if not isinstance(node, (dict, DictConfig)):
+        raise ConfigError(key, node, f"pick with {key}=<name> (conf/{key}/), or a config of named _target_ entries")
+    if "_target_" in node:
+        return [instantiate_node(node, key)]
+    built = []
+    for name, entry in node.items():
+        if entry is None:
+            continue
+        if not isinstance(entry, (dict, DictConfig)) or "_target_" not in entry:
+            raise ConfigError(f"{key}.{name}", entry, "each named entry needs a _target_ (its class), or null")
+        built.append(instantiate_node(entry, f"{key}.{name}"))
+    return built
+
+
 def _model(cfg: DictConfig, task, choice: str | None):
     """The model, given the task's sizes and the task's ``model_settings()``.
 

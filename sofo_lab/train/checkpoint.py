@@ -43,7 +43,7 @@ _TRAILER_LEN = len(_TRAILER) + 65
 _MOVED = {"sofo_lab.runner": "sofo_lab.train.state", "sofo_lab.system": "sofo_lab.core.system",
           "sofo_lab.tasks.arm": "sofo_lab.tasks.plants.arm"}
 # Keys that do not change what a run computes; a resumed run may change them.
-_NOT_HASHED = ("logger", "checkpoint_every", "log_every", "resume", "progress", "plots", "hydra",
+_NOT_HASHED = ("logger", "callbacks", "checkpoint_every", "log_every", "resume", "progress", "plots", "hydra",
                "steps_per_dispatch")
 
 

@@ -66,25 +66,9 @@ def instantiate(node) -> list:
     """The loggers ``cfg.logger`` names: none (null or empty), one (a ``_target_``) or several
     (named entries with a ``_target_`` each; an entry set to null is off). Each is built by
     ``assemble.instantiate_node``: an unknown key or a bad value is a one-line ``ConfigError``."""
-    from omegaconf import DictConfig
+    from sofo_lab.train.assemble import instantiate_all
 
-    from sofo_lab.train.assemble import instantiate_node
-
-    if node is None or (isinstance(node, (dict, DictConfig)) and len(node) == 0):
-        return []
-    if not isinstance(node, (dict, DictConfig)):
-        raise ConfigError("logger", node, "pick loggers with logger=<name> (conf/logger/), or logger=none")
-    if "_target_" in node:
-        return [instantiate_node(node, "logger")]
-    loggers = []
-    for name, entry in node.items():
-        if entry is None:
-            continue
-        if not isinstance(entry, (dict, DictConfig)) or "_target_" not in entry:
-            raise ConfigError(f"logger.{name}", entry, "each named logger needs a _target_ (its class), e.g. "
-                                                       "_target_: sofo_lab.train.loggers.WandbLogger; or null")
-        loggers.append(instantiate_node(entry, f"logger.{name}"))
-    return loggers
+    return instantiate_all(node, "logger")
 
 
 def wandb_mode(mode):

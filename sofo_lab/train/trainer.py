@@ -32,7 +32,7 @@ from sofo_lab.core.errors import RunFailed
 from sofo_lab.core.tree import count_params
 from sofo_lab.train import callbacks as cb
 from sofo_lab.train import checkpoint, console, loggers, per_optim, profiling, resources, rundir
-from sofo_lab.train.assemble import Setup, build
+from sofo_lab.train.assemble import Setup, build, instantiate_all
 from sofo_lab.train.reporting import format_metrics, write_json_atomic
 from sofo_lab.train.state import init_train_state
 from sofo_lab.train.steps import TrainClock, call_starts, log_due, make_train_step, make_train_steps, to_host
@@ -46,6 +46,7 @@ class Prepared(NamedTuple):
     setup: Setup            # task, model, system, optimizer
     loggers: list           # instances, not started
     estimate: dict          # bytes from shapes (resources.shape_estimate), for the check after compiling
+    callbacks: tuple = ()   # the user's own (cfg.callbacks), after the built-in duties
 
 
 def prepare(cfg: DictConfig, choices: dict | None = None, known_optims=None, launcher=None) -> Prepared:
@@ -55,9 +56,10 @@ def prepare(cfg: DictConfig, choices: dict | None = None, known_optims=None, lau
     choices = dict(choices or {})
     cfg = per_optim.apply(cfg, choices.get("optim"), known=known_optims)
     run_loggers = loggers.instantiate(cfg.get("logger"))
+    own_callbacks = instantiate_all(cfg.get("callbacks"), "callbacks")
     setup = build(cfg, choices)
     estimate = resources.check_shapes(setup, cfg, launcher=launcher)
-    return Prepared(cfg, choices, setup, run_loggers, estimate)
+    return Prepared(cfg, choices, setup, run_loggers, estimate, tuple(own_callbacks))
 
 
 def default_callbacks(cfg: DictConfig) -> list[cb.Callback]:
@@ -72,14 +74,15 @@ def train(cfg: DictConfig, run_dir, choices: dict | None = None) -> dict:
 
 
 class Trainer:
-    """The host loop of one run. ``callbacks``: default_callbacks(cfg) unless given; ``sweep``: the
-    sweep directory's name in a multirun (loggers may group by it)."""
+    """The host loop of one run. ``callbacks``: unless given, default_callbacks(cfg) and then the
+    user's own (``cfg.callbacks``); ``sweep``: the sweep directory's name in a multirun (loggers may
+    group by it)."""
 
     def __init__(self, run: Prepared, run_dir, *, callbacks=None, sweep: str | None = None):
         cfg = run.cfg
         self.cfg, self.setup, self.choices, self.estimate = cfg, run.setup, run.choices, run.estimate
         self.loggers = list(run.loggers)
-        self.callbacks = default_callbacks(cfg) if callbacks is None else list(callbacks)
+        self.callbacks = [*default_callbacks(cfg), *run.callbacks] if callbacks is None else list(callbacks)
         self.run_dir, self.sweep = Path(run_dir), sweep
         self.iterations, self.batch_size = cfg.iterations, cfg.batch_size
         self.config = OmegaConf.to_container(cfg, resolve=True)   # what checkpoints and loggers record
