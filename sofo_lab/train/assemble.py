@@ -9,8 +9,9 @@ docs/library.md) is built exactly as a built-in one. What the engine adds at bui
   reach's ``dt``, ``tau`` and private noise) for every such key the model's YAML leaves ``null``;
 - optim: ``system``, ``iterations``, ``n_steps`` and ``episodic``.
 
-``build`` is used twice: by the CLI before Hydra starts (so a bad value fails in one line
-before any run directory or SLURM job exists) and by the runner itself.
+``build`` runs once per run, in ``trainer.prepare``: for sofo-run, in the pre-check before Hydra
+starts (so a bad value fails in one line before any run directory or SLURM job exists); a job
+that Hydra runs in this process trains what it built.
 """
 from __future__ import annotations
 

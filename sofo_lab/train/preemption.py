@@ -4,8 +4,9 @@ SLURM stops a job with a signal: ``SIGTERM`` on preemption, ``scontrol requeue``
 (then ``SIGKILL`` ``KillWait`` seconds later), and the ``--signal`` of the job (submitit asks for
 ``USR2``, ``signal_delay_s`` before the time limit). A signal handler must not write a checkpoint
 itself (it may interrupt the loop half-way through a step), so ``StopSignals`` only notes the
-signal; the runner polls ``requested`` once per iteration, saves a checkpoint of the state it has
-just finished, and calls ``release()``, which hands the signal to whoever handled it before:
+signal; the Trainer's ``Preemption`` callback polls ``requested`` after each call of updates, saves
+a checkpoint of the state it has just finished, and calls ``release()``, which hands the signal
+to whoever handled it before:
 
 - submitit's handler (SLURM launcher): ``USR2`` requeues the job and exits;
 - nobody (plain ``sbatch`` or a shell): ``USR1``/``USR2`` inside a SLURM job requeue it with

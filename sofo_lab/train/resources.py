@@ -2,11 +2,11 @@
 
 Two checks, both before anything large is allocated:
 
-- ``check_shapes`` (the CLI's pre-check and the runner, before the held-out batch or the initial
-  state exist): ``jax.eval_shape`` of the initial training state, of the held-out batch and of
+- ``check_shapes`` (``trainer.prepare``, in sofo-run's pre-check; before the held-out batch or
+  the initial state exist): ``jax.eval_shape`` of the initial training state, of the held-out batch and of
   the evaluation rollout's outputs. ``batch_size=1000000000`` is refused here: building its
   held-out batch would need terabytes.
-- ``check_compiled`` (the runner, right after compiling the update, before its first call): the
+- ``check_compiled`` (the Trainer, right after compiling the update, before its first call): the
   compiled update's ``memory_analysis()`` (temp + arguments + outputs − aliased), plus what is
   already resident. ``task.n_steps=100000000`` with ``optim=adam`` (BPTT keeps every step) and
   ``optim.n_tangents=100000`` (K tangents of P parameters) are refused here.

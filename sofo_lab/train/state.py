@@ -1,5 +1,5 @@
 """The training state: what one update carries to the next and what a checkpoint holds
-(``TrainState``), and where a run starts (``init_train_state``). The runner steps it; the
+(``TrainState``), and where a run starts (``init_train_state``). The Trainer steps it; the
 resource check (resources.py) measures it from shapes before anything is allocated."""
 from __future__ import annotations
 
