@@ -22,7 +22,7 @@ _WHERE = {
     "MeanSquaredError": "core.losses", "SoftmaxCrossEntropy": "core.losses", "PerSampleLoss": "core.losses",
     # running a system (sofo_lab/core/system.py)
     "Batch": "core.system", "StepInput": "core.system", "Trajectory": "core.system", "simulate": "core.system",
-    "rollout": "core.system",
+    "rollout": "core.system", "ClosedLoop": "core.system", "Plant": "core.interfaces",
     # trained runs as data (sofo_lab/analysis/runs.py, sofo_lab/train/checkpoint.py)
     "Run": "analysis.runs", "load_run": "analysis.runs",
     "save_params_npz": "train.checkpoint", "load_params_npz": "train.checkpoint",
