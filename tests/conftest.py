@@ -62,5 +62,40 @@ def strict(text: str):
 
 
 @pytest.fixture
+def sofo_run_here(monkeypatch):
+    """``sofo-run``'s ``main()`` in this process, as ``run_cli`` runs it in another: returns a
+    ``CompletedProcess`` (exit status, stdout, stderr). No interpreter start; what ``main`` changes
+    in the process (working directory, ``sys.path``, ``PYTHONPATH``, warnings) is put back after
+    the test. For what needs a process of its own (signals, a kill, concurrency), use ``run_cli``."""
+    import contextlib
+    import io
+    import warnings
+
+    import sofo_lab.cli.run as run
+
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+
+    def call(args, cwd, env=None):
+        monkeypatch.chdir(cwd)
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        monkeypatch.setattr(sys, "argv", ["sofo-run", *args])
+        monkeypatch.setattr(run, "_exit_code", 0)
+        run._checked.clear()
+        out, err, code = io.StringIO(), io.StringIO(), 0
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                run.main()
+            except SystemExit as exit_:
+                code = exit_.code or 0
+        return subprocess.CompletedProcess(["sofo-run", *args], code, out.getvalue(), err.getvalue())
+
+    return call
+
+
+@pytest.fixture
 def tiny():
     return list(TINY)
