@@ -111,7 +111,8 @@ def test_sweep_of_the_users_task_under_local_parallel(project):
         assert json.loads((Path(row["run_dir"]) / "summary.json").read_text())["status"] == "completed"
 
 
-def test_the_precheck_knows_the_users_group(project):
+def test_the_precheck_knows_the_users_group(project, sofo_run_here):
+    """In-process (sofo-run's main(): its one line and exit 2 before Hydra starts)."""
     base = ["--config-dir", "conf", "optim=adam", *TINY_ADAM]
     cases = [
         (["task=flipflp"], "task='flipflp'", "'flipflop'"),
@@ -119,7 +120,7 @@ def test_the_precheck_knows_the_users_group(project):
         (["task=flipflop", "+task.colour=3"], "task.colour", "'n_steps', 'pulse_prob'"),
     ]
     for extra, key, allowed in cases:
-        out = run([*base, *extra, f"hydra.run.dir={project / 'bad'}"], cwd=project)
+        out = sofo_run_here([*base, *extra, f"hydra.run.dir={project / 'bad'}"], cwd=project)
         lines = [line for line in out.stderr.splitlines() if line.strip()]
         assert out.returncode == 2, (extra, out.stderr)
         assert len(lines) == 1 and lines[0].startswith("error: "), (extra, out.stderr)
@@ -127,10 +128,11 @@ def test_the_precheck_knows_the_users_group(project):
     assert not (project / "bad").exists()
 
 
-def test_an_unimportable_target_is_one_line(project, tmp_path):
+def test_an_unimportable_target_is_one_line(tmp_path, sofo_run_here):
     (tmp_path / "conf" / "task").mkdir(parents=True)
     (tmp_path / "conf" / "task" / "ghost.yaml").write_text("_target_: nolab.Ghost\nn_steps: 3\n")
-    out = run(["--config-dir", "conf", "task=ghost", "optim=adam", f"hydra.run.dir={tmp_path / 'r'}"], cwd=tmp_path)
+    out = sofo_run_here(["--config-dir", "conf", "task=ghost", "optim=adam", f"hydra.run.dir={tmp_path / 'r'}"],
+                        cwd=tmp_path)
     lines = [line for line in out.stderr.splitlines() if line.strip()]
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     assert "task._target_='nolab.Ghost'" in lines[0] and "No module named 'nolab'" in lines[0]
