@@ -77,8 +77,10 @@ def sofo_run_here(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    before, dirs = set(sys.modules), []
 
     def call(args, cwd, env=None):
+        dirs.append(str(Path(cwd).resolve()))
         monkeypatch.chdir(cwd)
         for key, value in (env or {}).items():
             monkeypatch.setenv(key, value)
@@ -93,7 +95,10 @@ def sofo_run_here(monkeypatch):
                 code = exit_.code or 0
         return subprocess.CompletedProcess(["sofo-run", *args], code, out.getvalue(), err.getvalue())
 
-    return call
+    yield call
+    for name in set(sys.modules) - before:   # a user's modules (mylab.flipflop) imported from cwd go too
+        if any(str(getattr(sys.modules[name], "__file__", None) or "").startswith(d) for d in dirs):
+            del sys.modules[name]
 
 
 @pytest.fixture
