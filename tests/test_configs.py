@@ -83,8 +83,13 @@ def test_every_combination_builds(task, model, optim):
 
 @pytest.mark.parametrize("experiment", options("experiment"))
 def test_every_experiment_preset_composes_and_builds(experiment):
+    """The preset's task, sizes and model reach the objects the run trains (not only the config)."""
     cfg = compose_config([f"experiment={experiment}", "logger=none"])
-    build(cfg)
+    setup = build(cfg)
+    assert type(setup.task) is get_object(cfg.task._target_)
+    assert setup.task.n_steps == cfg.task.n_steps
+    if setup.task.needs_model:
+        assert type(setup.model) is get_object(cfg.model._target_) and setup.model.n_hidden == cfg.model.n_hidden
 
 
 def _leaves(d: dict, prefix: str = ""):
