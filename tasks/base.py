@@ -24,6 +24,7 @@ class Task:
     input_names: ClassVar[tuple[str, ...]]
     output_names: ClassVar[tuple[str, ...]]
     needs_model: ClassVar[bool] = True
+    host_batches: ClassVar[bool] = False   # True: training batches come from host_batch (numpy), not sample
     n_steps: int
 
     def __init_subclass__(cls, **kwargs):
@@ -83,6 +84,14 @@ class Task:
         ``None`` (the default): the task only samples whole batches.
         """
         return None
+
+    def host_batch(self, seed: int, iteration: int, batch_size: int) -> Batch:
+        """Optional (with ``host_batches = True``): training batch ``iteration`` made on the host, numpy
+        arrays ``[T, B, ·]``, a function of ``(seed, iteration)`` only, so a resumed run sees the same
+        batches. The runner prepares the next ones on a thread while the device trains
+        (sofo_lab/train/host_batches.py); the dynamics noise is still drawn inside the update."""
+        raise NotImplementedError(f"{type(self).__name__} sets host_batches = True: define host_batch(seed, "
+                                  "iteration, batch_size) -> Batch of numpy arrays [T, B, ...]")
 
     def init_data(self, key, batch_size: int):
         return ()

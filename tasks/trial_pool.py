@@ -1,15 +1,14 @@
 """Tasks whose trials come from outside JAX (a recording, a neurogym environment): a fixed pool.
 
-The trials are built once on the host when the task is constructed and kept as device arrays,
-time-major (``[T, n_trials, ·]``). The pool is split by trials into a training part and a held-out
-part; ``sample(key, B)`` draws B training trials with ``jax.random.choice`` inside ``jit``, so batch i
-is a function of ``(seed, i)`` exactly as for the tasks that simulate their trials, and a resumed
-run sees the same batches (tests/test_recorded.py). ``eval_batch`` is the held-out part itself.
-
-What this is not: batches produced on the host while the device trains (issue 22, item 1). The
-pool lives on the device and is compiled into the update as a constant: fine up to tens of MB
-(docs/data.md has the measured cost); a data set larger than that, or an endless supply of fresh
-neurogym trials, needs host-side batches with prefetching, which the runner does not have yet.
+The trials are built once on the host when the task is constructed and stay there, time-major
+(``[T, n_trials, ·]`` numpy arrays). The pool is split by trials into a training part and a held-out
+part. Training batches are made on the host (``host_batches = True``): ``host_batch(seed, i, B)``
+draws B training trials with a numpy generator seeded by ``(seed, i)``, so batch i is a function of
+``(seed, i)`` exactly as for the tasks that simulate their trials and a resumed run sees the same
+batches (tests/test_recorded.py); the runner prepares the next batches on a thread while the device
+trains (sofo_lab/train/host_batches.py), and the pool is never compiled into the update.
+``eval_batch`` is the held-out part itself. ``sample(key, B)`` (the in-``jit`` draw of the ``Task``
+protocol, for the library) puts the pool on the device the first time it is called.
 """
 from __future__ import annotations
 
@@ -61,14 +60,16 @@ class TrialPool(Task):
     indices of the two parts).
     """
 
+    host_batches = True
+
     def _set_pool(self, inputs, targets, weights, mask, aux: dict, train_index, holdout_index):
-        """Time-major host arrays ``[T, n, ·]`` (``aux`` values: trial axis 1) become device arrays."""
+        """Time-major host arrays ``[T, n, ·]`` (``aux`` values: trial axis 1), kept on the host."""
         self.n_trials = int(targets.shape[1])
         self.train_index, self.holdout_index = np.asarray(train_index), np.asarray(holdout_index)
-        self._inputs, self._targets = jnp.asarray(inputs, jnp.float32), jnp.asarray(targets, jnp.float32)
-        self._weights, self._mask = jnp.asarray(weights, jnp.float32), jnp.asarray(mask, jnp.float32)
-        self._aux = {k: jnp.asarray(v) for k, v in aux.items()}
-        self._train = jnp.asarray(self.train_index, jnp.int32)
+        f32 = lambda a: np.ascontiguousarray(a, np.float32)   # noqa: E731
+        self._inputs, self._targets, self._weights, self._mask = f32(inputs), f32(targets), f32(weights), f32(mask)
+        self._aux = {k: np.asarray(v) for k, v in aux.items()}
+        self._device = None
         self._warned_eval = False
 
     @property
@@ -77,20 +78,34 @@ class TrialPool(Task):
         return int(sum(x.size * x.dtype.itemsize for x in leaves))
 
     def _batch(self, index, valid=None, scale=None) -> Batch:
-        index = jnp.asarray(index, jnp.int32)
-        take = lambda a: jnp.take(a, index, axis=1)   # noqa: E731
-        valid = jnp.ones(index.shape, jnp.float32) if valid is None else jnp.asarray(valid, jnp.float32)
-        weights = take(self._weights)
+        """The pool's trials ``index`` as a device batch with extras (evaluation, plots, analysis)."""
+        index = np.asarray(index, np.int64)
+        take = lambda a: jnp.asarray(np.take(a, index, axis=1))   # noqa: E731
+        valid = np.ones(index.shape, np.float32) if valid is None else np.asarray(valid, np.float32)
+        weights = np.take(self._weights, index, axis=1)
         shape = (1, -1) + (1,) * (weights.ndim - 2)
         factor = valid if scale is None else valid * scale
-        extras = PoolExtras(take(self._mask), valid, index, {k: take(v) for k, v in self._aux.items()})
-        return Batch(take(self._inputs), take(self._targets), weights * factor.reshape(shape), extras=extras)
+        extras = PoolExtras(take(self._mask), jnp.asarray(valid), jnp.asarray(index, jnp.int32),
+                            {k: take(v) for k, v in self._aux.items()})
+        return Batch(take(self._inputs), take(self._targets), jnp.asarray(weights * factor.reshape(shape)),
+                     extras=extras)
+
+    def host_batch(self, seed: int, iteration: int, batch_size: int) -> Batch:
+        """Training batch ``iteration``: B training trials (without replacement when there are that
+        many), drawn by ``numpy.random.default_rng((seed, iteration))``; numpy arrays, no extras."""
+        n = len(self.train_index)
+        pick = np.random.default_rng((seed, iteration)).choice(n, batch_size, replace=batch_size > n)
+        index = self.train_index[pick]
+        return Batch(*(np.take(a, index, axis=1) for a in (self._inputs, self._targets, self._weights)))
 
     def sample(self, key, batch_size: int) -> Batch:
-        """B training trials, without replacement when the training part has that many."""
-        pick = jax.random.choice(key, self._train.shape[0], (batch_size,), replace=batch_size > self._train.shape[0])
-        batch = self._batch(self._train[pick])
-        return batch._replace(extras=None)   # training needs no extras; metrics use the held-out batch
+        """B training trials drawn inside ``jit`` (without replacement when there are that many); the
+        runner uses ``host_batch`` instead."""
+        if self._device is None:   # the pool on the device, once
+            self._device = tuple(jnp.asarray(a) for a in (self._inputs, self._targets, self._weights))
+        train = jnp.asarray(self.train_index, jnp.int32)
+        pick = train[jax.random.choice(key, train.shape[0], (batch_size,), replace=batch_size > train.shape[0])]
+        return Batch(*(jnp.take(a, pick, axis=1) for a in self._device))
 
     def eval_batch(self, key, batch_size: int) -> Batch:
         """The held-out trials, the same at every evaluation (``key`` is not used).

@@ -60,12 +60,19 @@ def training_batch(task, system, data_state, k_data, k_noise, batch_size: int):
 
 
 def make_train_step(setup: Setup, seed: int, batch_size: int):
+    """One update: ``train_step(ts) -> (ts, metrics)``, the batch sampled inside; for a task with
+    ``host_batches`` ``train_step(ts, batch)``, the batch made on the host (host_batches.py), the
+    dynamics noise still drawn here from the iteration's key."""
     task, system, optimizer = setup.task, setup.system, setup.optimizer
     _, k_train, _, _ = run_keys(seed)
 
-    def train_step(ts: TrainState):
+    def train_step(ts: TrainState, host_batch=None):
         k_data, k_noise, k_opt = jax.random.split(jax.random.fold_in(k_train, ts.iteration), 3)
-        data_state, batch = training_batch(task, system, ts.data_state, k_data, k_noise, batch_size)
+        if host_batch is None:
+            data_state, batch = training_batch(task, system, ts.data_state, k_data, k_noise, batch_size)
+        else:
+            data_state = ts.data_state
+            batch = host_batch._replace(noise=system.sample_noise(k_noise, host_batch.n_steps, batch_size))
         params, opt_state, carry, metrics = optimizer.update(ts.params, ts.opt_state, batch, k_opt, ts.carry)
         data_state, extra = task.online_metrics(data_state, metrics, params)   # streams: online scores
         metrics = {**metrics, **extra}
@@ -88,7 +95,9 @@ def make_train_steps(setup: Setup, seed: int, batch_size: int, n: int):
     shared by n updates, which is what a stream of short windows needs (docs/uoro.md)."""
     step = make_train_step(setup, seed, batch_size)
 
-    def train_steps(ts: TrainState):
+    def train_steps(ts: TrainState, host_batches=None):   # host batches: stacked on a leading axis n
+        if host_batches is not None:
+            return jax.lax.scan(step, ts, host_batches)
         return jax.lax.scan(lambda state, _: step(state), ts, length=n)
 
     return train_steps

@@ -33,6 +33,7 @@ from sofo_lab.core.tree import count_params
 from sofo_lab.train import callbacks as cb
 from sofo_lab.train import checkpoint, console, loggers, per_optim, profiling, resources, rundir
 from sofo_lab.train.assemble import Setup, build, instantiate_all
+from sofo_lab.train.host_batches import HostBatches
 from sofo_lab.train.reporting import format_metrics, write_json_atomic
 from sofo_lab.train.state import init_train_state
 from sofo_lab.train.steps import TrainClock, call_starts, log_due, make_train_step, make_train_steps, to_host
@@ -89,7 +90,7 @@ class Trainer:
         self.history: list[dict] = []     # every record written, this run's and (resumed) the earlier ones
         self.profile: dict = {}
         self.durations: list[float] = []  # seconds per update, on the training clock
-        self.state = self.resumed_from = self.clock = self.rollout = self._last_ready = None
+        self.state = self.resumed_from = self.clock = self.rollout = self._last_ready = self.batches = None
         self.start = 0
 
     @property
@@ -127,6 +128,9 @@ class Trainer:
             for c in self.callbacks:
                 c.on_exception(self, err)
             raise
+        finally:
+            if self.batches is not None:
+                self.batches.close()
         return self._finish(status, error)
 
     def _compile(self) -> dict:
@@ -145,8 +149,12 @@ class Trainer:
             warnings.warn(f"steps_per_dispatch={chunk} is never used: a checkpoint or evaluation falls inside every "
                           f"call (checkpoint_every={cfg.checkpoint_every}, eval_every={cfg.eval_every}); make them "
                           "multiples of it")
+        if getattr(self.setup.task, "host_batches", False):   # batches made on the host, a few calls ahead
+            self.batches = HostBatches(self.setup.task, seed, B)
+        examples = {n: () if self.batches is None else (self.batches.make(self.start, n),) for n in lengths}
         calls = {n: profiling.compile_timed(make_train_steps(self.setup, seed, B, n) if n > 1
-                                            else make_train_step(self.setup, seed, B), state) for n in sorted(lengths)}
+                                            else make_train_step(self.setup, seed, B), state, *examples[n])
+                 for n in sorted(lengths)}
         memory = profiling.compiled_memory_bytes(calls[max(calls)][0])
         resources.check_compiled(cfg, memory, self.estimate)
         self.profile.update(n_params=count_params(state.params), steps_per_dispatch=chunk,
@@ -157,8 +165,8 @@ class Trainer:
         if self.resumed_from is not None:
             print(f"Resuming {self.run_dir} from iteration {self.start}", file=sys.stderr)
         t0 = time.perf_counter()   # a first, discarded call of each: its one-off runtime set-up stays out of time_s
-        for fn in calls.values():
-            jax.block_until_ready(fn(state))
+        for n, fn in calls.items():
+            jax.block_until_ready(fn(state, *examples[n]))
         self.profile["first_step_s"] = time.perf_counter() - t0
         return calls
 
@@ -172,12 +180,21 @@ class Trainer:
                 self._handle(*pending)   # nothing in flight while a callback works: time_s stays honest
                 pending = None
             n = self.call_length(i)
-            new_state, metrics = calls[n](self.state)
+            batch = () if self.batches is None else (self.batches.get(i, n, upcoming=self._calls_after(i + n)),)
+            new_state, metrics = calls[n](self.state, *batch)
             if pending is not None:
                 self._handle(*pending)   # the previous call's metrics, read while this one runs
             pending, self.state = (i, n, metrics, new_state), new_state
         if pending is not None:
             self._handle(*pending)
+
+    def _calls_after(self, i: int, count: int = 2) -> list[tuple[int, int]]:
+        """The next ``count`` calls ``(first update, updates)`` from update ``i`` on (host batches made ahead)."""
+        calls = []
+        while i < self.iterations and len(calls) < count:
+            calls.append((i, self.call_length(i)))
+            i += calls[-1][1]
+        return calls
 
     def _pauses(self, done: int) -> bool:
         return any(cb.due(done, c.every, self.iterations) for c in self.callbacks)
