@@ -2,6 +2,7 @@
 the user's own, each run built once, one-line errors for ``experiment=null`` and a misspelt key,
 Hydra's flags read without Hydra's private parser."""
 import json
+import logging
 import re
 import shlex
 import sys
@@ -47,8 +48,23 @@ def sofo_run(args, monkeypatch) -> int:
     monkeypatch.setattr(sys, "path", list(sys.path))   # sofo-run appends the working directory
     monkeypatch.setenv("PYTHONPATH", "")
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    with pytest.raises(SystemExit) as exit_:
-        run.main()
+    # Hydra's logging set-up closes every handler there is; absl's (JAX's) then closes its stream
+    # unless it is the current sys.stderr: pytest's own capture file, when JAX was first imported
+    # in an earlier test. It writes to the current one for the run.
+    from absl import logging as absl_logging
+
+    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.stderr)
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            run.main()
+    finally:   # Hydra's job logging (stdout, stderr, <run dir>/sofo.log) ends with the run
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
     return exit_.value.code
 
 

@@ -1,5 +1,5 @@
-"""The Trainer's duties, each a ``Callback``: progress bar, evaluation, metrics file, checkpoints,
-preemption, plots, profile (``Trainer.callbacks``, in this order by default).
+"""The Trainer's duties, each a ``Callback``: profile, progress bar, evaluation, metrics file,
+checkpoints, preemption, plots (``Trainer.callbacks``, in this order by default).
 
 A callback has four hooks, all optional: ``on_start`` (before the update compiles), ``on_step``
 (after each update, in list order), ``on_end`` (the summary, before summary.json is written) and
@@ -242,7 +242,8 @@ class Plots(Callback):
 
 class Profile(Callback):
     """Seconds per update (median, p90), training time and what was kept out of it, device and host
-    peak memory; the trainer adds compile seconds, compiled memory and FLOPs."""
+    peak memory; the trainer adds compile seconds, compiled memory and FLOPs. First in the list: the
+    device's peak is read before anything of the run (the held-out batch) is allocated."""
 
     def on_start(self, trainer):
         self.device_peak = profiling.DevicePeak()

@@ -65,8 +65,8 @@ def prepare(cfg: DictConfig, choices: dict | None = None, known_optims=None, lau
 
 def default_callbacks(cfg: DictConfig) -> list[cb.Callback]:
     """The duties of a run, in the order they act on each step (callbacks.py)."""
-    return [cb.Progress(cfg.get("progress", True)), cb.Evaluation(cfg.eval_every), cb.MetricsFile(),
-            cb.Checkpoints(cfg.checkpoint_every), cb.Preemption(), cb.Plots(cfg.get("plots", True)), cb.Profile()]
+    return [cb.Profile(), cb.Progress(cfg.get("progress", True)), cb.Evaluation(cfg.eval_every), cb.MetricsFile(),
+            cb.Checkpoints(cfg.checkpoint_every), cb.Preemption(), cb.Plots(cfg.get("plots", True))]
 
 
 def train(cfg: DictConfig, run_dir, choices: dict | None = None) -> dict:
