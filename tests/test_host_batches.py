@@ -97,3 +97,17 @@ def test_several_updates_per_call_train_exactly_as_one_per_call(tmp_path):
     three = train(compose_config([*RUN, "steps_per_dispatch=3"]), tmp_path / "three")
     assert three["profile"]["steps_per_dispatch"] == 3
     assert one["final"] == three["final"]
+
+
+@pytest.mark.slow
+def test_host_batches_benchmark_quick(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    import bench_host_batches
+
+    result = bench_host_batches.main(["--quick", "--optims", "adam", "--out", str(tmp_path / "hb.json")])
+    assert set(result["records"]) == {"adam/device", "adam/host"} and (tmp_path / "hb.json").is_file()
+    for rec in result["records"].values():
+        assert rec["compile_s"] > 0 and 0 < rec["ms_min"] <= rec["ms"] and rec["pool_mb"] > 0
