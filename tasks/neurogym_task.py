@@ -12,11 +12,11 @@ What this task does with them:
 
 - **A fixed pool** of ``n_trials`` trials (default 2000) is generated once, at construction, from
   ``env.seed(task.seed)``; ``holdout`` of them (default 20 %, 400) are the held-out set of every
-  evaluation, the rest are what training batches draw from (``jax.random.choice`` inside ``jit``,
-  tasks/trial_pool.py). Training therefore sees at most ``n_trials − held-out`` distinct trials,
-  not fresh ones every batch as neurogym's own ``Dataset`` gives; for these tasks' small trial
-  spaces 1600 trials are plenty (docs/tasks.md shows the held-out accuracies), and endless fresh
-  trials need host-side batches (issue 22, item 1), which the runner does not have yet.
+  evaluation. Training batches are made on the host, ahead of the update (tasks/trial_pool.py,
+  sofo_lab/train/host_batches.py): by default from the pool's training part (at most
+  ``n_trials − held-out`` distinct trials; for these tasks' small trial spaces 1600 are plenty,
+  docs/tasks.md), or with ``fresh: true`` as B new environment trials every batch, as neurogym's
+  own ``Dataset`` gives, seeded by ``(task.seed, the run's seed, the iteration)``.
 - **Fixed length** ``n_steps``: shorter trials are padded (weight 0, ``valid`` steps marked),
   longer ones cropped (one warning with the count). ``null``: the longest trial of the pool.
 - **Loss**: a discrete action space gives softmax cross-entropy on the one-hot ``gt`` at every
@@ -136,7 +136,8 @@ class NeuroGym(TrialPool):
 
     def __init__(self, env: str = "PerceptualDecisionMaking-v0", kwargs: dict | None = None, n_trials: int = 2000,
                  holdout: float = 0.2, seed: int = 0, n_steps: int | None = None, tau: float = 100.0,
-                 decision_periods=("decision",), decision_weight: float = 1.0, fixation_weight: float = 1.0):
+                 decision_periods=("decision",), decision_weight: float = 1.0, fixation_weight: float = 1.0,
+                 fresh: bool = False):
         if not isinstance(env, str) or not env:
             raise ConfigError("task.env", env, "must be a neurogym id such as PerceptualDecisionMaking-v0 or the "
                               "dotted path of an environment class")
@@ -151,7 +152,12 @@ class NeuroGym(TrialPool):
         decision_periods = tuple([decision_periods] if isinstance(decision_periods, str) else decision_periods)
         self.env_id, self.kwargs, self.seed, self.tau = env, kwargs, int(seed), float(tau)
         self.decision_periods = decision_periods
+        if not isinstance(fresh, bool):
+            raise ConfigError("task.fresh", fresh, "must be true (new environment trials every batch) or false "
+                              "(batches from the fixed pool)")
+        self.fresh = fresh
         env_obj = make_env(env, kwargs)
+        self._env = env_obj   # fresh trials: used by the batch thread only
         self.dt = float(getattr(env_obj, "dt", 1.0))
         cache = (env, repr(sorted(kwargs.items())), n_trials, self.seed)
         if cache not in _POOLS:
@@ -177,7 +183,8 @@ class NeuroGym(TrialPool):
         self.n_steps, self.trial_lengths = T, lengths
         self._build(pool, T, decision_weight, fixation_weight, n_out, holdout)
 
-    def _build(self, pool, T, decision_weight, fixation_weight, n_out, holdout):
+    def _arrays(self, pool, T, n_out):
+        """Time-major arrays of the trials in ``pool``, padded or cropped to ``T`` steps."""
         n, I = len(pool["ob"]), pool["ob"][0].shape[1]
         inputs = np.zeros((T, n, I), np.float32)
         targets = np.zeros((T, n, n_out), np.float32)
@@ -205,6 +212,15 @@ class NeuroGym(TrialPool):
                     period[s:min(e, L), b] = i
                     if name in self.decision_periods:
                         decision[s:min(e, L), b] = 1.0
+        return inputs, targets, real, decision, period, labels, cropped
+
+    def _step_weights(self, real, decision):
+        return real * np.where(decision > 0, self.decision_weight, self.fixation_weight)
+
+    def _build(self, pool, T, decision_weight, fixation_weight, n_out, holdout):
+        n = len(pool["ob"])
+        self.decision_weight, self.fixation_weight = float(decision_weight), float(fixation_weight)
+        inputs, targets, real, decision, period, labels, cropped = self._arrays(pool, T, n_out)
         if cropped:
             warnings.warn(f"task.n_steps={T}: {cropped} of {n} trials are longer and are cropped (the longest has "
                           f"{self.trial_lengths.max()} steps); task.n_steps=null keeps every step", stacklevel=3)
@@ -212,17 +228,31 @@ class NeuroGym(TrialPool):
         if not has_decision.any():
             raise ConfigError("task.n_steps", T, f"cuts every trial before its {list(self.decision_periods)} period: "
                               f"raise it (the longest trial has {self.trial_lengths.max()} steps) or set it null")
-        weights = real * np.where(decision > 0, decision_weight, fixation_weight)
+        weights = self._step_weights(real, decision)
         per_trial = weights.sum(0).mean()
         if per_trial <= 0:
             raise ConfigError("task.decision_weight", decision_weight, "and task.fixation_weight are both 0: nothing "
                               "to train")
+        self._per_trial = float(per_trial)   # fresh batches use the pool's normalization: one loss scale
         weights = weights / per_trial
         # the last decision step of each trial (-1: none inside n_steps): where its choice is read
         last = np.where(has_decision, T - 1 - np.argmax(decision[::-1], axis=0), -1).astype(np.int32)
         train, held = split_trials(n, holdout, self.seed)
         aux = {"decision": decision, "period": period, "labels": labels, "last_decision": last[None]}
         self._set_pool(inputs, targets, weights, real, aux, train, held)
+
+    def host_batch(self, seed: int, iteration: int, batch_size: int) -> Batch:
+        """With ``fresh``: B new trials from the environment, seeded by ``(task.seed, seed, iteration)``
+        (a function of the run's seed and the iteration, so a resumed run sees the same trials);
+        else B trials of the pool's training part (tasks/trial_pool.py)."""
+        if not self.fresh:
+            return super().host_batch(seed, iteration, batch_size)
+        trial_seed = int(np.random.SeedSequence((self.seed, seed, iteration)).generate_state(1)[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            trials = generate_pool(self._env, batch_size, trial_seed)
+        inputs, targets, real, decision, *_ = self._arrays(trials, self.n_steps, len(self.output_names))
+        return Batch(inputs, targets, self._step_weights(real, decision) / self._per_trial)
 
     @property
     def loss(self):

@@ -138,6 +138,28 @@ def test_adam_learns_the_fake_environment_end_to_end(tmp_path):
     assert (tmp_path / "run" / "neurogym_trials.png").stat().st_size > 10_000
 
 
+def test_fresh_trials_are_new_every_batch_and_a_function_of_seed_and_iteration(tmp_path):
+    """task.fresh: each training batch is B new environment trials, made on the host from (task.seed,
+    seed, iteration), weighted like the pool's trials; a run with them learns and resumes."""
+    task = fake(fresh=True)
+    pool_trials = {np.asarray(task.trials([i]).inputs)[:, 0].tobytes() for i in range(task.n_trials)}
+    a, b = task.host_batch(0, 3, 8), task.host_batch(0, 3, 8)
+    np.testing.assert_array_equal(a.inputs, b.inputs)
+    assert not np.array_equal(a.inputs, task.host_batch(0, 4, 8).inputs)
+    assert not np.array_equal(a.inputs, task.host_batch(1, 3, 8).inputs)
+    assert a.inputs.shape == (task.n_steps, 8, 3) and a.targets.shape == (task.n_steps, 8, 3)
+    assert not {a.inputs[:, j].tobytes() for j in range(8)} & pool_trials      # not the pool's trials
+    pooled = fake().host_batch(0, 3, 8)
+    assert pooled.inputs[:, 0].tobytes() in pool_trials
+    # the same normalization as the pool: the mean weight per trial is 1 for both
+    assert a.weights.sum(0).mean() == pytest.approx(1.0, rel=0.2) and pooled.weights.sum(0).mean() == pytest.approx(1.0, rel=0.2)
+    with pytest.raises(ConfigError, match="task.fresh"):
+        fake(fresh="yes")
+    summary = train(compose_config([*TINY_RUN, "task.fresh=true", "optim=adam", "optim.lr=1e-2", "iterations=150",
+                                    "eval_every=150", "plots=false"]), tmp_path / "fresh")
+    assert summary["final"]["eval/accuracy"] >= 0.9
+
+
 @pytest.mark.skipif(not HAS_NEUROGYM, reason="neurogym is not installed (pip install -e '.[neurogym]')")
 def test_real_neurogym_environments_build_and_train(tmp_path):
     for env, kwargs, n_in in [("PerceptualDecisionMaking-v0", None, 3), ("DelayMatchSample-v0", None, 3),
