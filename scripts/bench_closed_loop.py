@@ -4,7 +4,7 @@
                                         [--repeats 7] [--out docs/results/closed_loop_speed.json]
 
 For every optimizer and size N it times one jitted training update (batch sampled inside, as
-``sofo-run`` runs it: ``sofo_lab.train.runner.make_train_step``) of
+``sofo-run`` runs it: ``sofo_lab.train.steps.make_train_step``) of
 
 - ``reach``: the rate network driving the two-joint arm (``task=reach``),
 - ``double_reach``: the same with two movements (``task=double_reach``),
@@ -20,6 +20,9 @@ interleave the cases round by round after compilation (``block_until_ready``), s
 every case alike; the median over rounds is reported, and the minimum (the least disturbed round:
 the one to read when other work shares the machine). GFLOP/s is XLA's flop count of the compiled
 update (``Compiled.cost_analysis``: a scan body counted once) times T, over the median time.
+
+The double reach runs T = 200 steps (its timing needs them): its ratios divide by the plain time
+scaled by 200/180 (the update's time is linear in T).
 
 Printed: ms per update, GFLOP/s, and the ratios the issue bounds: reach/plain and double/plain per
 optimizer and size (SOFO ≤ 1.2, the others ≤ 1.5), plain N=32 GFLOP/s over N=64 (≥ 0.75), GRU and
@@ -57,7 +60,7 @@ def build_step(overrides):
     state = init_train_state(setup, cfg.seed, cfg.batch_size)
     compiled, _, compile_s = profiling.compile_timed(make_train_step(setup, cfg.seed, cfg.batch_size), state)
     flops = profiling.compiled_flops(compiled)
-    return compiled, state, (None if flops is None else flops * setup.task.n_steps), compile_s
+    return compiled, state, (None if flops is None else flops * setup.task.n_steps), compile_s, setup.task.n_steps
 
 
 def cases(optims, sizes, quick: bool):
@@ -98,9 +101,10 @@ def main(argv=None) -> dict:
     todo = cases(args.optims.split(","), sizes, args.quick)
     quiet = ["logger=none", "progress=false", "plots=false"]
 
-    built = {}
+    built, steps = {}, {}
     for name, overrides in todo.items():
-        compiled, state, flops, compile_s = build_step([*overrides, *quiet])
+        compiled, state, flops, compile_s, n_steps = build_step([*overrides, *quiet])
+        steps[name.split("/")[1]] = n_steps
         jax.block_until_ready(compiled(state))                      # warm
         built[name] = (compiled, state, flops, compile_s)
         print(f"compiled {name:28s} {compile_s:6.1f} s", flush=True)
@@ -124,20 +128,20 @@ def main(argv=None) -> dict:
                          "ms_all": [1e3 * x for x in times[name]]}
     ratios = {}
 
-    def ratio(name, num, den, bound, at_least=False, key="ms"):
+    def ratio(name, num, den, bound, at_least=False, key="ms", scale=1.0):
         if num not in records or den not in records:
             return
         a, b = records[num][key], records[den][key]
         if a and b:
-            ratios[name] = {"ratio": a / b, "min_ratio": records[num][key + "_min"] / records[den][key + "_min"]
-                            if key == "ms" else None, "bound": bound, "at_least": at_least}
+            ratios[name] = {"ratio": a / (b * scale), "bound": bound, "at_least": at_least, "den_scale": scale,
+                            "min_ratio": records[num]["ms_min"] / (records[den]["ms_min"] * scale) if key == "ms" else None}
 
     for optim in args.optims.split(","):
         for n in sizes:
             for task in ("reach", "double_reach"):
-                for ref in ("plain", "plain_noisy"):
+                for ref in ("plain", "plain_noisy"):   # the plain run at T = 180: scaled to the task's T
                     ratio(f"{optim}/{task}/N{n} : {ref}", f"{optim}/{task}/N{n}", f"{optim}/{ref}/N{n}",
-                          BOUNDS.get(optim, 1.5))
+                          BOUNDS.get(optim, 1.5), scale=steps[task] / steps["plain"])
     if "sofo" in args.optims.split(","):
         for n in sizes:
             ratio(f"sofo/reach/N{n} : generic", f"sofo/reach/N{n}", f"sofo/reach-generic/N{n}", 1.0)
@@ -159,10 +163,28 @@ def main(argv=None) -> dict:
         lo = "-" if r["min_ratio"] is None else f"{r['min_ratio']:.2f}"
         print(f"{name:38s} {r['ratio']:6.2f} {lo:>6s}  {'≥' if r['at_least'] else '≤'} {r['bound']}  {'ok' if ok else 'NOT MET'}")
     result = {"machine": m, "repeats": args.repeats, "calls": args.calls, "quick": args.quick,
-              "records": records, "ratios": ratios}
+              "n_steps": steps, "records": records, "ratios": ratios}
     if not args.quick or args.out != ap.get_default("out"):
         write_json(Path(args.out), result)
+        Path(args.out).with_suffix(".md").write_text(markdown(result))
     return result
+
+
+def markdown(result: dict) -> str:
+    """The record as two tables (times; ratios against their bounds), for docs/results/."""
+    m = result["machine"]
+    lines = [f"# Closed loop against the plain network ({machine_line(m)}, load {m['load_avg_1m']:.1f})", "",
+             f"`python scripts/bench_closed_loop.py`: median of {result['repeats']} interleaved rounds "
+             f"({result['calls']} updates each); min = the least disturbed round.", "",
+             "| case | ms (median) | ms (min) | GFLOP/s |", "|---|---:|---:|---:|"]
+    for name, r in result["records"].items():
+        lines.append(f"| {name} | {r['ms']:.1f} | {r['ms_min']:.1f} | {r['gflops']:.1f} |")
+    lines += ["", "| ratio | median | min | bound | met |", "|---|---:|---:|---|---|"]
+    for name, r in result["ratios"].items():
+        lo = "-" if r["min_ratio"] is None else f"{r['min_ratio']:.2f}"
+        lines.append(f"| {name} | {r['ratio']:.2f} | {lo} | {'≥' if r['at_least'] else '≤'} {r['bound']} | "
+                     f"{'yes' if r['met'] else '**no**'} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
