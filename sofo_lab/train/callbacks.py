@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from sofo_lab.train import checkpoint, preemption, profiling
 from sofo_lab.train.reporting import plot_loss_curve
@@ -60,6 +61,7 @@ class Callback:
 
 
 def due(done: int, every: int | None, iterations: int) -> bool:
+    """Whether a callback acting every ``every`` updates acts after update ``done`` (and after the last)."""
     return every is not None and done > 0 and (done % every == 0 or done == iterations)
 
 
@@ -71,8 +73,6 @@ class Progress(Callback):
 
     def on_step(self, trainer, step):
         if self.bar is None:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=trainer.iterations, initial=min(trainer.start, trainer.iterations),
                             desc=run_label(trainer.setup, trainer.choices), disable=not self.enabled,
                             dynamic_ncols=True, mininterval=0.5, file=sys.stderr)
