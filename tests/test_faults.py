@@ -26,7 +26,9 @@ TINY = [*KALMAN, "iterations=3", "batch_size=4", "task.n_steps=12", "model.n_hid
 # --- interrupts, two runs in one directory, resuming with another config --------------------------
 
 @pytest.mark.slow
-def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_path):
+def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_path, sofo_run_here):
+    """The interrupted run and the resumed one in processes of their own; the two refused commands
+    (no training) in-process, through sofo-run's main()."""
     run = tmp_path / "run"
     args = [*TINY, "iterations=300", "checkpoint_every=25", "log_every=25", "eval_every=100",
             f"hydra.run.dir={run}"]
@@ -52,7 +54,7 @@ def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_pa
     try:
         assert holder.stdout.readline().strip() == "held"
         config = (run / ".hydra" / "config.yaml").read_bytes()
-        line = one_line_error(run_cli([*args, "seed=1"], cwd=tmp_path))     # same directory, another seed
+        line = one_line_error(sofo_run_here([*args, "seed=1"], cwd=tmp_path))   # same directory, another seed
         assert f"in use by process {holder.pid}" in line and "hydra.run.dir" in line
         assert (run / ".hydra" / "config.yaml").read_bytes() == config
     finally:
@@ -71,7 +73,7 @@ def test_sigint_checkpoints_a_second_run_is_refused_and_the_rerun_resumes(tmp_pa
 
     # resuming with a different config: refused before anything in the directory changes
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"}
-    refused = run_cli([*args, "optim.lr=0.5"], cwd=tmp_path)
+    refused = sofo_run_here([*args, "optim.lr=0.5"], cwd=tmp_path)
     line = one_line_error(refused)
     assert "different config" in line and "optim.lr" in line
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file() and p.name != ".lock"} == before
