@@ -42,6 +42,8 @@ from bench_common import compose, machine, run_cli  # noqa: E402
 METRICS = ("loss", "within_1cm", "moved_early", "hold_error_cm", "endpoint_error_cm", "solved",
            "within_1cm1", "within_1cm2")
 QUICK = ["task.n_steps=40", "task.dt=0.04", "task.tau=0.08", "model.n_hidden=16", "batch_size=8"]
+QUICK_ADAM = 50      # --quick: Adam's probe and its most iterations (the suite's check, not a measurement)
+QUICK_EVALS = 10     # --quick: held-out evaluations per run (every 2nd of SOFO's 20 iterations)
 FIGURE_METRICS = ["within_1cm", "moved_early", "hold_error_cm"]
 
 
@@ -109,7 +111,7 @@ def one_round(args, task, n, seeds, extra, work, rows) -> list[dict]:
     t_sofo = float(np.median([p["step_time_s"] for p in probes if p["optim"] == "sofo"]))
     t_adam = float(np.median([p["step_time_s"] for p in probes if p["optim"] == "adam"]))
     adam_n = max(n, int(n * t_sofo / t_adam))
-    adam_n = min(adam_n, 200) if args.quick else adam_n
+    adam_n = min(adam_n, QUICK_ADAM) if args.quick else adam_n
     print(f"{task}: paired probe: SOFO {1e3 * t_sofo:.1f} ms, Adam {1e3 * t_adam:.1f} ms per iteration -> Adam gets "
           f"{adam_n} iterations for SOFO's {n}", flush=True)
     lr0, _, clip0 = args.one_round.partition(",")
@@ -212,7 +214,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--adam-lrs", default="1e-3,3e-3,1e-2")
     parser.add_argument("--evals", type=int, default=20, help="held-out evaluations per run")
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, 20 iterations, one seed (for the tests)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, 20 iterations, one seed, Adam at most "
+                        f"{QUICK_ADAM} iterations, {QUICK_EVALS} evaluations a run (for the tests)")
     parser.add_argument("--extra", default="", help="overrides for every run (task/model keys), space-separated")
     parser.add_argument("--sofo", default="", help="overrides for the SOFO runs only, space-separated")
     parser.add_argument("--one-round", default="",
@@ -231,6 +234,8 @@ def main(argv=None) -> int:
     if args.collect:
         return collect(Path(args.collect), Path(args.out), args.at)
     extra = (QUICK if args.quick else []) + args.extra.split()
+    if args.quick:
+        args.evals = min(args.evals, QUICK_EVALS)
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     tasks = ["reach"] if args.quick else args.tasks.split(",")
     out = Path(args.out)
@@ -250,10 +255,11 @@ def main(argv=None) -> int:
         budget = float(np.mean([r["step_time_s"] for r in sofo])) * n
         # Adam's step time under the load SOFO's was measured under (as many processes at once)
         width = min(args.jobs, len(seeds)) if args.jobs > 1 else 1
-        probes = pool_map(width, [("adam", seeds[0], 200, work / f"{task}-adam-probe{i}", extra)
+        probe_n = QUICK_ADAM if args.quick else 200
+        probes = pool_map(width, [("adam", seeds[0], probe_n, work / f"{task}-adam-probe{i}", extra)
                                   for i in range(width)], task, 1)
         adam_n = max(n, int(budget / float(np.median([p["step_time_s"] for p in probes]))))
-        adam_n = min(adam_n, 200) if args.quick else adam_n
+        adam_n = min(adam_n, QUICK_ADAM) if args.quick else adam_n
         print(f"{task}: SOFO {n} iterations in {budget:.0f} s of training; Adam gets {adam_n} iterations", flush=True)
         lrs = args.adam_lrs.split(",")
         jobs = [("adam", seeds[0], adam_n, work / f"{task}-adam-lr{lr}-clip", extra + [f"optim.lr={lr}", "optim.clip_norm=1.0"])

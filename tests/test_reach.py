@@ -222,7 +222,10 @@ def test_benchmark_quick_mode_writes_its_json(tmp_path):
     assert (tmp_path / "bench.png").exists()
     md = (tmp_path / "bench.md").read_text()
     assert "| final eval/within_1cm | final eval/moved_early | final eval/hold_error_cm | solved (seeds) |" in md
-    assert "| optim=adam iterations=" in md and "optim.clip_norm=1.0 |" in md
+    # Adam's iteration count names its configuration where it differs from SOFO's (the budget is measured:
+    # on a loaded machine Adam may get no more iterations than SOFO)
+    adam_label = "| optim=adam iterations=" if adam_best["iterations"] != sofo["iterations"] else "| optim=adam "
+    assert adam_label in md and "optim.clip_norm=1.0 |" in md
     assert "Reference levels of eval/within_1cm: solved 0.8." in md
     # --collect reads the same directories back with the same reader
     partial = tmp_path / "partial.json"
