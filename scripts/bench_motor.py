@@ -255,13 +255,15 @@ def main(argv=None) -> int:
         budget = float(np.mean([r["step_time_s"] for r in sofo])) * n
         # Adam's step time under the load SOFO's was measured under (as many processes at once)
         width = min(args.jobs, len(seeds)) if args.jobs > 1 else 1
-        probe_n = QUICK_ADAM if args.quick else 200
-        probes = pool_map(width, [("adam", seeds[0], probe_n, work / f"{task}-adam-probe{i}", extra)
+        lrs = args.adam_lrs.split(",")
+        # --quick: the probe is the first sweep run's setting, so that run reuses its compilation (JAX's cache)
+        probe_n, probe_x = ((QUICK_ADAM, extra + [f"optim.lr={lrs[0]}", "optim.clip_norm=1.0"]) if args.quick
+                            else (200, extra))
+        probes = pool_map(width, [("adam", seeds[0], probe_n, work / f"{task}-adam-probe{i}", probe_x)
                                   for i in range(width)], task, 1)
         adam_n = max(n, int(budget / float(np.median([p["step_time_s"] for p in probes]))))
         adam_n = min(adam_n, QUICK_ADAM) if args.quick else adam_n
         print(f"{task}: SOFO {n} iterations in {budget:.0f} s of training; Adam gets {adam_n} iterations", flush=True)
-        lrs = args.adam_lrs.split(",")
         jobs = [("adam", seeds[0], adam_n, work / f"{task}-adam-lr{lr}-clip", extra + [f"optim.lr={lr}", "optim.clip_norm=1.0"])
                 for lr in lrs]
         # with several jobs, the unclipped runs go along at every lr (no waiting for the best clipped one)
