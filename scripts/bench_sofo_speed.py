@@ -136,7 +136,7 @@ def main(argv=None) -> dict:
     k1, k2, k3 = jax.random.split(jax.random.PRNGKey(1), 3)
     batch = Batch(jax.random.normal(k1, (T, B, 1)), jax.random.normal(k2, (T, B, 1)), jnp.full((T, B), 1.0 / T))
     info = {"machine": machine(), "problem": {"model": "rnn", "N": N, "B": B, "T": T, "K": K, "I": 1, "O": 1,
-                                              "P": _forward.n_params(system)}, "quick": args.quick}
+                                              "P": _forward.n_params(params)}, "quick": args.quick}
 
     def ours(k, fast=True):
         opt = sofo(system, optax.sgd(0.1), n_tangents=k, fast=fast)

@@ -18,7 +18,8 @@ pure, jit-able functions in the style of optax::
 ``value_and_fgd_direction`` return the step as a direction ``(loss, direction, info)`` for any
 optax chain. This module only adapts plain functions to the engines' system/loss/batch objects
 (sofo_lab/core/system.py, sofo_lab/core/losses.py); the methods themselves live in sofo_lab/optim/.
-Every argument is checked here, so a bad value ends in one ``ConfigError`` naming it.
+Every argument is checked once, by the engine's factory that ``sofo-run`` uses too, so a bad value
+ends in one ``ConfigError`` naming it as the library spells it (``n_tangents``, ``learning_rate``).
 Guide with runnable examples: docs/library.md.
 
 References:
@@ -30,7 +31,7 @@ References:
 """
 from __future__ import annotations
 
-import math
+import inspect
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -56,20 +57,12 @@ class FunctionSystem:
     """``step``, ``loss`` and ``init_state`` as the system every engine consumes (sofo_lab/core/system.py).
 
     ``init_state``: a callable ``(params, batch_size) -> state`` (a learned initial state gets
-    gradients) or a pytree of per-sample arrays, broadcast over the batch. ``like``: the shapes of
-    the parameters, which the engines read from ``init_params`` (the number of parameters P).
+    gradients) or a pytree of per-sample arrays, broadcast over the batch. It has no
+    ``init_params``: the engines read P and the shapes from the parameters given to ``init``.
     """
 
-    def __init__(self, step, loss, init_state, like=None):
-        self._step, self.loss, self._init_state, self._like = step, loss, init_state, like
-
-    def with_params_like(self, params) -> FunctionSystem:
-        like = jax.tree.map(lambda x: jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)), params)
-        return FunctionSystem(self._step, self.loss, self._init_state, like)
-
-    def init_params(self, key):
-        del key
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self._like)
+    def __init__(self, step, loss, init_state):
+        self._step, self.loss, self._init_state = step, loss, init_state
 
     def init_state(self, params, batch_size: int):
         if callable(self._init_state):
@@ -132,19 +125,8 @@ def make_batch(inputs, targets, weights=None) -> Batch:
     return Batch(inputs, targets, jnp.asarray(weights))
 
 
-# --- argument checks: the CLI's checks (sofo_lab/core/checks.py), keyed by the argument's name ---------
-
-def _tangents(value):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError("n_tangents", value, "must be an integer >= 1 (the number of tangent directions K)")
-    return value
-
-
-def _damping(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ConfigError("damping", value, "must be a finite number >= 0 (relative to G̃'s top eigenvalue)")
-    return float(value)
-
+# --- the update: an optax transformation, or the default one at learning_rate -----------------------
+# (each method's own arguments are checked by its factory in sofo_lab/optim/, for sofo-run too)
 
 def _transform(tx, learning_rate, default) -> optax.GradientTransformation:
     """``tx`` (any optax transformation) or ``default(learning_rate)``; exactly one of the two."""
@@ -160,13 +142,6 @@ def _transform(tx, learning_rate, default) -> optax.GradientTransformation:
     if not callable(learning_rate):
         checks.positive("learning_rate", learning_rate)
     return default(learning_rate)
-
-
-def _tangents_fit(n_tangents, orthonormalize, params):
-    p = sum(x.size for x in jax.tree.leaves(params))
-    if orthonormalize and n_tangents > p:
-        raise ConfigError("n_tangents", n_tangents, f"must be <= the {p} parameters when orthonormalize=True "
-                          "(an orthonormal basis has at most P vectors)")
 
 
 def _check_batch(batch_size, batch):
@@ -192,8 +167,8 @@ class RecurrentOptimizer(NamedTuple):
     update: Callable
 
 
-def _optimizer(system, engine, *, stream: bool, batch_size, check=lambda params: None) -> RecurrentOptimizer:
-    """Wrap an engine factory ``engine(system) -> Optimizer`` (sofo_lab/optim/base.py)."""
+def _optimizer(system, engine, *, stream: bool, batch_size) -> RecurrentOptimizer:
+    """Wrap an engine's ``Optimizer`` (sofo_lab/optim/base.py), built once for ``system``."""
     stream = checks.boolean("stream", stream)
     if stream and batch_size is None:
         raise ConfigError("batch_size", None, "stream=True carries B network states across windows: give "
@@ -202,23 +177,31 @@ def _optimizer(system, engine, *, stream: bool, batch_size, check=lambda params:
         checks.positive_int("batch_size", batch_size)
 
     def init(params):
-        check(params)
         carry = system.init_state(params, batch_size) if stream else None
-        return RecurrentOptState(engine(system.with_params_like(params)).init(params), carry)
+        return RecurrentOptState(engine.init(params), carry)
 
     def update(params, opt_state, inputs, targets, key, weights=None):
         batch = make_batch(inputs, targets, weights)
         _check_batch(batch_size if stream else None, batch)
-        params, inner, carry, info = engine(system.with_params_like(params)).update(
-            params, opt_state.inner, batch, key, opt_state.carry)
+        params, inner, carry, info = engine.update(params, opt_state.inner, batch, key, opt_state.carry)
         return params, RecurrentOptState(inner, carry if stream else None), info
 
     return RecurrentOptimizer(init, update)
 
 
-def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int = 64, damping: float = 1e-3,
-         orthonormalize: bool = False, adaptive_damping: bool = False, damping_range=(1e-6, 1.0),
-         noise_aware: bool = False, stream: bool = False, batch_size: int | None = None) -> RecurrentOptimizer:
+def _defaults(factory) -> dict:
+    """The keyword defaults of an engine's factory: the library's defaults, written once there."""
+    return {n: p.default for n, p in inspect.signature(factory).parameters.items() if p.default is not p.empty}
+
+
+_SOFO, _FGD, _UORO, _RTRL = (_defaults(f) for f in (_sofo.sofo, _fgd.fgd, _uoro.uoro, _rtrl.rtrl))
+
+
+def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int = _SOFO["n_tangents"],
+         damping: float = _SOFO["damping"], orthonormalize: bool = _SOFO["orthonormalize"],
+         adaptive_damping: bool = _SOFO["adaptive_damping"], damping_range=_SOFO["damping_range"],
+         noise_aware: bool = _SOFO["noise_aware"], stream: bool = False,
+         batch_size: int | None = None) -> RecurrentOptimizer:
     """SOFO (Yu et al. 2024): a damped Gauss-Newton step in a fresh random K-dim subspace,
 
         V ∈ ℝ^{P×K} random,  C = Vᵀ∇L,  G̃ = VᵀGV  (one batched forward pass),
@@ -229,95 +212,65 @@ def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int
     Levenberg-Marquardt λ within ``damping_range`` (docs/sofo.md). ``noise_aware``: λ (at least the
     damping) and the step's length (at most ``learning_rate``; 1 with ``tx`` or a schedule) chosen
     from the batch's per-trial gradients to maximize an unbiased estimate of the decrease on
-    held-out trials (docs/sofo.md, "Noisy tasks"). Memory is constant in T.
+    held-out trials (docs/sofo.md, "Noisy tasks"). Memory is constant in T. The arguments are
+    checked by ``sofo_lab.optim.sofo.sofo``, the same factory ``sofo-run`` uses.
     """
     system = make_system(step, loss, init_state)
-    n_tangents = _tangents(n_tangents)
-    damping = _damping(damping)
-    orthonormalize = checks.boolean("orthonormalize", orthonormalize)
-    adaptive_damping = checks.boolean("adaptive_damping", adaptive_damping)
-    noise_aware = checks.boolean("noise_aware", noise_aware)
-    low, high = _damping_range(damping_range)
     length = float(learning_rate) if tx is None and isinstance(learning_rate, (int, float)) else 1.0
     tx = _transform(tx, learning_rate, optax.sgd)
-    engine = lambda s: _sofo.sofo(s, tx, n_tangents=n_tangents, damping=damping,  # noqa: E731
-                                  orthonormalize=orthonormalize, fast=False, adaptive_damping=adaptive_damping,
-                                  damping_min=low, damping_max=high, noise_aware=noise_aware, step_length=length)
-    return _optimizer(system, engine, stream=stream, batch_size=batch_size,
-                      check=lambda p: _tangents_fit(n_tangents, orthonormalize, p))
+    engine = _sofo.sofo(system, tx, n_tangents=n_tangents, damping=damping, orthonormalize=orthonormalize,
+                        fast=False, adaptive_damping=adaptive_damping, damping_range=damping_range,
+                        noise_aware=noise_aware, step_length=length)
+    return _optimizer(system, engine, stream=stream, batch_size=batch_size)
 
 
-def _damping_range(value):
-    if not (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
-            and 0 < value[0] <= value[1] < math.inf):
-        raise ConfigError("damping_range", value, "must be [min, max] with 0 < min <= max (adaptive λ bounds)")
-    return float(value[0]), float(value[1])
-
-
-def fgd(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int = 64, orthonormalize: bool = False,
-        stream: bool = False, batch_size: int | None = None) -> RecurrentOptimizer:
+def fgd(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int = _FGD["n_tangents"],
+        orthonormalize: bool = _FGD["orthonormalize"], stream: bool = False,
+        batch_size: int | None = None) -> RecurrentOptimizer:
     """Forward gradient descent (Baydin et al. 2022; the SOFO paper's first-order baseline):
     ``ĝ = (P/K) V Vᵀ∇L`` from the same forward pass, ``θ ← θ + tx(ĝ)`` (default ``optax.adam``)."""
     system = make_system(step, loss, init_state)
-    n_tangents = _tangents(n_tangents)
-    orthonormalize = checks.boolean("orthonormalize", orthonormalize)
     tx = _transform(tx, learning_rate, optax.adam)
-    engine = lambda s: _fgd.fgd(s, tx, n_tangents=n_tangents, orthonormalize=orthonormalize,  # noqa: E731
-                                fast=False)
-    return _optimizer(system, engine, stream=stream, batch_size=batch_size,
-                      check=lambda p: _tangents_fit(n_tangents, orthonormalize, p))
+    engine = _fgd.fgd(system, tx, n_tangents=n_tangents, orthonormalize=orthonormalize, fast=False)
+    return _optimizer(system, engine, stream=stream, batch_size=batch_size)
 
 
-def uoro(step, loss, *, init_state, batch_size: int, learning_rate=None, tx=None, update_every: int = 1,
-         eps: float = 1e-7, stream: bool = True) -> RecurrentOptimizer:
+def uoro(step, loss, *, init_state, batch_size: int, learning_rate=None, tx=None,
+         update_every: int = _UORO["update_every"], eps: float = _UORO["eps"], stream: bool = True) -> RecurrentOptimizer:
     """UORO (Tallec & Ollivier 2018): a rank-one unbiased estimate ``s̃ θ̃ᵀ`` of ∂s_t/∂θ carried
     forward, ``θ ← θ + tx(Σ g̃)`` every ``update_every`` steps *inside* the window (default
     ``optax.adam``). ``stream=True``: the network state, s̃ and θ̃ carry across calls; B streams
     (``batch_size``) share one θ̃. The algorithm step by step: sofo_lab/optim/uoro.py."""
     system = make_system(step, loss, init_state)
-    update_every, eps = checks.positive_int("update_every", update_every), checks.positive("eps", eps)
     tx = _transform(tx, learning_rate, optax.adam)
-    checks.positive_int("batch_size", batch_size)
-    engine = lambda s: _uoro.uoro(s, tx, batch_size=batch_size, update_every=update_every, eps=eps)  # noqa: E731
+    engine = _uoro.uoro(system, tx, batch_size=batch_size, update_every=update_every, eps=eps)
     return _optimizer(system, engine, stream=stream, batch_size=batch_size)
 
 
-def rtrl(step, loss, *, init_state, batch_size: int, learning_rate=None, tx=None, update_every: int = 1,
-         stream: bool = True, max_jacobian: int = 50_000_000) -> RecurrentOptimizer:
+def rtrl(step, loss, *, init_state, batch_size: int, learning_rate=None, tx=None,
+         update_every: int = _RTRL["update_every"], stream: bool = True,
+         max_jacobian: int = _RTRL["max_jacobian"]) -> RecurrentOptimizer:
     """Exact RTRL (Williams & Zipser 1989): the full Jacobian ∂s_t/∂θ carried forward, the exact
     online gradient, ``θ ← θ + tx(Σ g)`` every ``update_every`` steps (default ``optax.adam``).
-    Memory B·dim(s)·P floats, refused above ``max_jacobian``: small models only."""
+    Memory B·dim(s)·P floats, refused by ``init`` above ``max_jacobian``: small models only."""
     system = make_system(step, loss, init_state)
-    update_every = checks.positive_int("update_every", update_every)
-    max_jacobian = checks.positive_int("max_jacobian", max_jacobian)
     tx = _transform(tx, learning_rate, optax.adam)
-    checks.positive_int("batch_size", batch_size)
-
-    def fits(params):
-        S = sum(x.size for x in jax.tree.leaves(jax.eval_shape(lambda q: system.init_state(q, batch_size), params)))
-        P = sum(x.size for x in jax.tree.leaves(params))
-        if S * P > max_jacobian:
-            raise ConfigError("max_jacobian", max_jacobian, f"the Jacobian ∂s/∂θ would hold {S}×{P} = "
-                              f"{S * P:.3g} floats; use a smaller model or batch, raise max_jacobian, or use uoro")
-
-    engine = lambda s: _rtrl.rtrl(s, tx, batch_size=batch_size, update_every=update_every)  # noqa: E731
-    return _optimizer(system, engine, stream=stream, batch_size=batch_size, check=fits)
+    engine = _rtrl.rtrl(system, tx, batch_size=batch_size, update_every=update_every, max_jacobian=max_jacobian)
+    return _optimizer(system, engine, stream=stream, batch_size=batch_size)
 
 
 # --- the step as a direction, for any optax chain --------------------------------------------------
 
 def _direction_fn(step, loss, init_state, n_tangents, orthonormalize, with_ggn, finish):
     system = make_system(step, loss, init_state)
-    n_tangents = _tangents(n_tangents)
-    orthonormalize = checks.boolean("orthonormalize", orthonormalize)
+    n_tangents, orthonormalize = _forward.check_tangents(n_tangents, orthonormalize)
+    stepper = _forward.GenericStepper(system)
 
     def value_and_direction(params, inputs, targets, key, weights=None, state=None):
-        _tangents_fit(n_tangents, orthonormalize, params)
+        _forward.check_basis(params, n_tangents, orthonormalize)
         batch = make_batch(inputs, targets, weights)
         tangents = _forward.sample_tangents(key, params, n_tangents, orthonormalize)
-        sketch = _forward.forward_sketch(system.with_params_like(params), params, tangents, batch, state,
-                                         with_ggn=with_ggn, stepper=_forward.GenericStepper(system))
+        sketch = _forward.forward_sketch(system, params, tangents, batch, state, with_ggn=with_ggn, stepper=stepper)
         dtype = jnp.result_type(*jax.tree.leaves(params))
         direction, info = finish(tangents, sketch, params)
         return sketch.loss.astype(dtype), direction, {**info, "state": sketch.final_state}
@@ -325,8 +278,8 @@ def _direction_fn(step, loss, init_state, n_tangents, orthonormalize, with_ggn, 
     return value_and_direction
 
 
-def value_and_sofo_direction(step, loss, *, init_state, n_tangents: int = 64, damping: float = 1e-3,
-                             orthonormalize: bool = False):
+def value_and_sofo_direction(step, loss, *, init_state, n_tangents: int = _SOFO["n_tangents"],
+                             damping: float = _SOFO["damping"], orthonormalize: bool = _SOFO["orthonormalize"]):
     """The SOFO step as a direction: returns ``f(params, inputs, targets, key, weights=None, state=None)
     -> (loss, direction, info)``.
 
@@ -336,7 +289,7 @@ def value_and_sofo_direction(step, loss, *, init_state, n_tangents: int = 64, da
     (no credit flows into it); ``info["state"]`` is the state after the last step. ``info`` also
     holds the curvature metrics of sofo_lab/optim/sofo.py.
     """
-    damping = _damping(damping)
+    damping = _sofo.check_damping(damping)
 
     def finish(tangents, sketch, params):
         z, s = _sofo.damped_solve(sketch.ggn, sketch.c, damping)
@@ -345,12 +298,12 @@ def value_and_sofo_direction(step, loss, *, init_state, n_tangents: int = 64, da
     return _direction_fn(step, loss, init_state, n_tangents, orthonormalize, True, finish)
 
 
-def value_and_fgd_direction(step, loss, *, init_state, n_tangents: int = 64, orthonormalize: bool = False):
+def value_and_fgd_direction(step, loss, *, init_state, n_tangents: int = _FGD["n_tangents"],
+                            orthonormalize: bool = _FGD["orthonormalize"]):
     """The forward gradient ``(P/K) V Vᵀ∇L`` (an unbiased estimate of ∇L) as ``f(params, inputs, targets,
     key, weights=None, state=None) -> (loss, gradient, info)``, like ``jax.value_and_grad``."""
 
     def finish(tangents, sketch, params):
-        p = sum(x.size for x in jax.tree.leaves(params))
-        return _fgd.fgd_direction(tangents, sketch.c, p), {}
+        return _fgd.fgd_direction(tangents, sketch.c, _forward.n_params(params)), {}
 
     return _direction_fn(step, loss, init_state, n_tangents, orthonormalize, False, finish)

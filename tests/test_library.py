@@ -77,7 +77,7 @@ def test_custom_loss_gives_the_c_and_ggn_of_dense_jacobians_and_hessian():
         flat, unravel = ravel_pytree(params)
         K = 5
         tangents = _forward.sample_tangents(jax.random.PRNGKey(3), params, K)
-        system = sofo_lab.make_system(gru_like, poisson, {"h": jnp.zeros(N)}).with_params_like(params)
+        system = sofo_lab.make_system(gru_like, poisson, {"h": jnp.zeros(N)})
         batch = sofo_lab.make_batch(inputs, targets, weights)
         sketch = _forward.forward_sketch(system, params, tangents, batch, None, stepper=_forward.GenericStepper(system))
 
@@ -111,7 +111,7 @@ def test_sofo_direction_is_the_damped_gauss_newton_step_and_the_optimizer_applie
         loss, direction, info = f(params, inputs, targets, key, weights=weights)
         flat, unravel = ravel_pytree(params)
         V = _forward.flat_tangents(_forward.sample_tangents(key, params, K))
-        system = sofo_lab.make_system(gru_like, poisson, {"h": jnp.zeros(N)}).with_params_like(params)
+        system = sofo_lab.make_system(gru_like, poisson, {"h": jnp.zeros(N)})
         sk = _forward.forward_sketch(system, params, _forward.sample_tangents(key, params, K),
                                      sofo_lab.make_batch(inputs, targets, weights), None)
         s = np.linalg.eigvalsh(np.asarray(sk.ggn))
@@ -172,7 +172,7 @@ def test_uoro_stream_hands_the_engine_its_own_carry_and_estimate_window_after_wi
     params, _, windows = _two_windows()
     tx = optax.adam(1e-2)
     opt = sofo_lab.uoro(gru_like, poisson, init_state={"h": jnp.zeros(N)}, batch_size=B, tx=tx)
-    system = sofo_lab.make_system(gru_like, poisson, {"h": jnp.zeros(N)}).with_params_like(params)
+    system = sofo_lab.make_system(gru_like, poisson, {"h": jnp.zeros(N)})
     engine = engine_uoro.uoro(system, tx, batch_size=B)
     p, s = params, opt.init(params)
     q, e, carry = params, engine.init(params), system.init_state(params, B)
@@ -200,6 +200,30 @@ def test_training_a_plain_model_lowers_its_loss_with_every_method():
             p, s, info = update(p, s, inputs, targets, jax.random.PRNGKey(i))
             losses.append(float(info["loss"]))
         assert losses[-1] < 0.9 * losses[0], (name, losses)
+
+
+def test_engines_take_p_and_shapes_from_the_params_given_to_init():
+    """A system of plain functions has no ``init_params``: every engine reads P and the shapes from
+    the parameters handed to ``init`` (and K <= P, RTRL's Jacobian size, are checked there)."""
+    from sofo_lab.optim import fgd as engine_fgd
+    from sofo_lab.optim import rtrl as engine_rtrl
+    from sofo_lab.optim import sofo as engine_sofo
+    from sofo_lab.optim import uoro as engine_uoro
+
+    params, inputs, targets, _ = setup()
+    system = sofo_lab.make_system(gru_like, poisson, {"h": jnp.zeros(N)})
+    assert not hasattr(system, "init_params")
+    P = sum(x.size for x in jax.tree.leaves(params))
+    tx = optax.sgd(1e-2)
+    engines = {"sofo": engine_sofo.sofo(system, tx, n_tangents=P, orthonormalize=True),
+               "fgd": engine_fgd.fgd(system, tx, n_tangents=P, orthonormalize=True),
+               "uoro": engine_uoro.uoro(system, tx, batch_size=B), "rtrl": engine_rtrl.rtrl(system, tx, batch_size=B)}
+    batch = sofo_lab.make_batch(inputs, targets)
+    for name, engine in engines.items():
+        new, _, _, info = engine.update(params, engine.init(params), batch, jax.random.PRNGKey(0), None)
+        assert np.isfinite(float(info["loss"])) and jax.tree.structure(new) == jax.tree.structure(params), name
+    with pytest.raises(ConfigError, match=f"n_tangents={P + 1}: must be <= the {P} parameters"):
+        engine_sofo.sofo(system, tx, n_tangents=P + 1, orthonormalize=True).init(params)
 
 
 def _update_once(opt, weights=None):

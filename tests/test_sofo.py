@@ -156,7 +156,7 @@ def test_full_orthonormal_basis_gives_the_exact_damped_gauss_newton_step():
         params = f64(system.init_params(jax.random.PRNGKey(0)))
         batch = f64(Batch(jax.random.normal(jax.random.PRNGKey(1), (T, B, 1)),
                           jax.random.normal(jax.random.PRNGKey(2), (T, B, 1)), jnp.full((T, B), 1.0 / T)))
-        P = _forward.n_params(system)
+        P = _forward.n_params(params)
         lr, damping = 0.7, 1e-3
         opt = sofo(system, optax.sgd(lr), n_tangents=P, damping=damping, orthonormalize=True)
 
@@ -229,11 +229,46 @@ def test_bad_values_raise_config_error(optim, override, key):
     assert err.value.key == key
 
 
-def test_orthonormal_basis_needs_at_most_p_tangents():
+def test_orthonormal_basis_needs_at_most_p_tangents(tmp_path, monkeypatch):
+    """P comes from the parameters ``init`` is given: the pre-check's ``init`` (shapes only) refuses
+    K > P in one line, before anything is written."""
+    from sofo_lab.cli.run import precheck
+    from sofo_lab.train.trainer import prepare
+
     cfg = [*TINY, "optim=sofo", "optim.orthonormalize=true"]
-    build(compose_config([*cfg, "optim.n_tangents=8"]))
-    with pytest.raises(ConfigError, match="parameters"):
-        build(compose_config([*cfg, "optim.n_tangents=100000"]))
+    prepare(compose_config([*cfg, "optim.n_tangents=8"]))
+    with pytest.raises(ConfigError, match="parameters") as err:
+        prepare(compose_config([*cfg, "optim.n_tangents=100000"]))
+    assert str(err.value).startswith("optim.n_tangents=100000: must be <= the ") and "\n" not in str(err.value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="optim.n_tangents=100000: must be <= the "):
+        precheck([*cfg, "optim.n_tangents=100000", f"hydra.run.dir={tmp_path / 'run'}"])
+    assert not list(tmp_path.iterdir())   # refused before anything was written
+
+
+@pytest.mark.parametrize("optim,argument,override,value", [
+    ("sofo", "n_tangents", "n_tangents", 0), ("sofo", "damping", "damping", -1.0),
+    ("sofo", "damping_range", "damping_range", [1.0, 0.1]), ("sofo", "adaptive_damping", "adaptive_damping", "yes"),
+    ("fgd", "orthonormalize", "orthonormalize", "maybe"), ("uoro", "update_every", "update_every", 0),
+    ("uoro", "eps", "epsilon", -1.0), ("rtrl", "max_jacobian", "max_jacobian", 0)])
+def test_the_library_and_the_command_line_refuse_a_bad_value_by_the_same_rule(optim, argument, override, value):
+    """One check per optimizer (its factory in sofo_lab/optim/): the same rule and message, named
+    as each caller spells the value (``optim.<key>`` on the command line, the argument in the library)."""
+    import sofo_lab
+
+    def step(p, h, x):
+        h = jnp.tanh(x @ p["w"] + h)
+        return h, h
+
+    kw = {"batch_size": 2} if optim in ("uoro", "rtrl") else {}
+    with pytest.raises(ConfigError) as lib:
+        getattr(sofo_lab, optim)(step, "mse", init_state=jnp.zeros(3), learning_rate=0.1, **kw,
+                                 **{argument: value})
+    dotted = f"{value}".replace(" ", "")
+    with pytest.raises(ConfigError) as cli:
+        build(compose_config([*TINY, "task=kalman", f"optim={optim}", f"optim.{override}={dotted}"]))
+    assert (lib.value.key, cli.value.key) == (argument, f"optim.{override}")
+    assert lib.value.value == cli.value.value and lib.value.allowed == cli.value.allowed, (lib.value, cli.value)
 
 
 def test_sofo_run_learns_logs_curvature_and_its_step_memory_is_flat_in_the_horizon(tmp_path):

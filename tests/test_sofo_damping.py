@@ -80,7 +80,7 @@ def test_lambda_stays_within_its_bounds():
     with jax.enable_x64(True):
         system, params, batch = _problem()
         opt = sofo(system, optax.sgd(0.5), n_tangents=K, damping=1e-3, adaptive_damping=True,
-                   damping_min=1e-3, damping_max=1e-3)
+                   damping_range=(1e-3, 1e-3))
         _, state2, _, _ = jax.jit(opt.update)(params, opt.init(params), batch, jax.random.PRNGKey(0), None)
         np.testing.assert_allclose(float(state2.damping), 1e-3, rtol=1e-6)
 

@@ -144,7 +144,7 @@ def test_a_run_saved_before_noise_aware_existed_still_builds_its_optimizer():
     from sofo_lab.optim.sofo import from_config
 
     system, params, batch = _problem()
-    opt = from_config(system, iterations=10, n_steps=T, episodic=True, n_tangents=4, damping=1e-3,
+    opt = from_config(system, iterations=10, n_tangents=4, damping=1e-3,
                       orthonormalize=False, adaptive_damping=True, damping_range=[1e-6, 1.0], shard=False,
                       fast=True, lr=0.3, update="sgd")
     _, _, _, metrics = opt.update(params, opt.init(params), batch, jax.random.PRNGKey(0), None)

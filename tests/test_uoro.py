@@ -148,3 +148,40 @@ def test_uoro_step_memory_does_not_grow_with_the_horizon(name):
     b_long, _ = _temp_bytes(ref, system, 256, True)
     assert b_long > 8 * b_short
     assert total_long is not None and total_long > 0
+
+
+@pytest.mark.parametrize("optim", ["uoro", "rtrl"])
+def test_the_batch_size_comes_from_the_run_and_old_runs_with_optim_batch_size_still_load(optim, tmp_path):
+    """The build passes the run's batch_size (conf/optim/uoro.yaml, rtrl.yaml hold none); a run saved
+    when the YAML held ``batch_size: ${batch_size}`` still loads (the key accepted and ignored), and a
+    batch size under ``optim`` that differs from the run's is refused in one line."""
+    from omegaconf import OmegaConf, open_dict
+
+    import sofo_lab
+    from sofo_lab.core.errors import ConfigError
+    from sofo_lab.train import checkpoint
+    from sofo_lab.train.assemble import build
+    from tests.conftest import TINY, compose_config
+
+    cfg = compose_config([*TINY, "task=anbn", "model=gru", f"optim={optim}", "batch_size=3"])
+    assert "batch_size" not in cfg.optim
+    setup = build(cfg)
+    params = setup.system.init_params(jax.random.PRNGKey(0))
+    state = setup.optimizer.init(params)
+    assert (state.s_tilde.shape if optim == "uoro" else state.jacobian.shape)[0] == 3 * (1 if optim == "uoro" else 8)
+
+    with open_dict(cfg):
+        cfg.optim.batch_size = "${batch_size}"          # as conf/optim/<optim>.yaml had it
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    checkpoint.save_params_npz(tmp_path / "checkpoints" / checkpoint.PARAMS_NPZ, params)
+    run = sofo_lab.load_run(tmp_path)
+    assert run.config.batch_size == 3 and run.iteration is None
+    assert jax.tree.structure(run.params) == jax.tree.structure(params)
+
+    with open_dict(cfg):
+        cfg.optim.batch_size = 5
+    with pytest.raises(ConfigError) as err:
+        build(cfg)
+    assert str(err.value).startswith("optim.batch_size=5: the batch size is the run's")

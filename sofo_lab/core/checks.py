@@ -24,3 +24,21 @@ def positive(key: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
         raise ConfigError(key, value, "must be a positive finite number")
     return float(value)
+
+
+def named(prefix: str = "", **renamed):
+    """How the caller spells an optimizer's arguments in messages: ``named()`` gives the library's own
+    argument names (``n_tangents``); ``named("optim", batch_size="batch_size")`` the command line's
+    keys, ``optim.<argument>`` unless ``renamed`` gives the whole key (the run's ``batch_size``).
+    Each optimizer checks its arguments once, in its factory (sofo_lab/optim/*.py), naming them
+    with this, so that a library call and ``sofo-run`` are refused by the same rule."""
+    def key(name: str) -> str:
+        if name in renamed:
+            return renamed[name]
+        return f"{prefix}.{name}" if prefix else name
+
+    return key
+
+
+PLAIN = named()
+CONFIG = named("optim", batch_size="batch_size")   # the batch size is the run's, not the optimizer's

@@ -168,8 +168,12 @@ class Optimizer(Protocol):
     (or, for online methods, while) updating. ``update`` must be jit-able; ``key`` is the
     iteration's own randomness (SOFO's tangents, UORO's signs), independent of the data's.
 
+    ``init`` reads P and every shape from ``params`` (a system need not have ``init_params``) and
+    may refuse them in one ``ConfigError`` (SOFO's K > P with an orthonormal basis).
+
     A config names the factory that builds one (conf/optim/*.yaml, ``_target_``); it is called
-    with ``system``, ``iterations``, ``n_steps``, ``episodic`` and the YAML's keys.
+    with ``system``, the YAML's keys and those of the run's ``iterations``, ``batch_size`` and the
+    task's ``n_steps``, ``episodic`` that it names as arguments.
     """
 
     init: Callable[[Params], Any]

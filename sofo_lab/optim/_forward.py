@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sofo_lab.core import checks
+from sofo_lab.core.errors import ConfigError
 from sofo_lab.core.system import ClosedLoop, ModelSystem, initial_state
 
 ACC = "float64"
@@ -78,26 +80,26 @@ def combine(tangents, coeffs):
     return jax.tree.map(lambda v: jnp.tensordot(coeffs.astype(v.dtype), v, axes=1), tangents)
 
 
-def n_params(system) -> int:
-    shapes = jax.eval_shape(system.init_params, jax.random.PRNGKey(0))
-    return int(sum(x.size for x in jax.tree.leaves(shapes)))
+def n_params(params) -> int:
+    """P: the number of parameters in the pytree ``params`` (arrays or shapes)."""
+    return int(sum(x.size for x in jax.tree.leaves(params)))
 
 
-def check_tangents(system, n_tangents, orthonormalize, prefix: str = "optim") -> tuple[int, bool]:
-    """Validate K = ``n_tangents`` (>= 1, and <= P when orthonormalizing) and ``orthonormalize``."""
-    from sofo_lab.core.checks import boolean
-    from sofo_lab.core.errors import ConfigError
-
+def check_tangents(n_tangents, orthonormalize, names=checks.PLAIN) -> tuple[int, bool]:
+    """Validate K = ``n_tangents`` (>= 1) and ``orthonormalize``; ``names`` names them as the caller
+    does (sofo_lab/core/checks.py, ``named``). K <= P is checked by ``check_basis`` once P is known."""
     k = n_tangents
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ConfigError(f"{prefix}.n_tangents", k, "must be an integer >= 1 (the number of tangent directions K)")
-    ortho = boolean(f"{prefix}.orthonormalize", orthonormalize)
-    if ortho:
-        p = n_params(system)
-        if k > p:
-            raise ConfigError(f"{prefix}.n_tangents", k, f"must be <= the {p} parameters when "
-                              f"{prefix}.orthonormalize=true (an orthonormal basis has at most P vectors)")
-    return k, ortho
+        raise ConfigError(names("n_tangents"), k, "must be an integer >= 1 (the number of tangent directions K)")
+    return k, checks.boolean(names("orthonormalize"), orthonormalize)
+
+
+def check_basis(params, n_tangents: int, orthonormalize: bool, names=checks.PLAIN) -> None:
+    """An orthonormal basis of K directions needs K <= P (P from ``params``: arrays or shapes)."""
+    p = n_params(params)
+    if orthonormalize and n_tangents > p:
+        raise ConfigError(names("n_tangents"), n_tangents, f"must be <= the {p} parameters when "
+                          f"{names('orthonormalize')}=true (an orthonormal basis has at most P vectors)")
 
 
 # --- sharding of the K lanes ----------------------------------------------------------------
@@ -119,19 +121,20 @@ class LaneSharding(NamedTuple):
         return jax.tree.map(one, tree)
 
 
-def lane_sharding(mode, n_tangents: int) -> LaneSharding:
-    """``mode``: "auto" (shard when several devices divide K), true (require it), false (never)."""
-    from sofo_lab.core.errors import ConfigError
-
+def lane_sharding(mode, n_tangents: int, names=checks.PLAIN) -> LaneSharding:
+    """``mode``: "auto" (shard when several devices divide K), true (require it), false (never);
+    a ``LaneSharding`` is returned as it is."""
+    if isinstance(mode, LaneSharding):
+        return mode
     devices = jax.devices()
     if mode not in ("auto", True, False):
-        raise ConfigError("optim.shard", mode, "choose auto, true or false")
+        raise ConfigError(names("shard"), mode, "choose auto, true or false")
     if mode is False or len(devices) == 1:
         return LaneSharding()
     if n_tangents % len(devices):
         if mode is True:
-            raise ConfigError("optim.shard", mode, f"n_tangents={n_tangents} must be a multiple of the "
-                              f"{len(devices)} devices; change optim.n_tangents or set optim.shard=auto")
+            raise ConfigError(names("shard"), mode, f"n_tangents={n_tangents} must be a multiple of the "
+                              f"{len(devices)} devices; change {names('n_tangents')} or set {names('shard')}=auto")
         return LaneSharding()
     return LaneSharding(Mesh(devices, ("lanes",)))
 

@@ -45,7 +45,6 @@ def bptt(system, transform: optax.GradientTransformation) -> Optimizer:
     return Optimizer(init_fn, update_fn)
 
 
-def from_config(system, *, iterations: int, n_steps: int, episodic: bool, **update) -> Optimizer:
+def from_config(system, *, iterations: int, **update) -> Optimizer:
     """``optim=adam`` (conf/optim/adam.yaml): BPTT with the optax keys in ``update``."""
-    del episodic, n_steps
     return bptt(system, make_transform(update, iterations))

@@ -42,19 +42,26 @@ class FgdState(NamedTuple):
 
 
 def fgd(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, orthonormalize: bool = False,
-        sharding: _forward.LaneSharding = _forward.LaneSharding(), fast: bool = True) -> Optimizer:
-    """Forward gradient descent with ``transform`` applied to ``(P/K) V Vᵀ∇L``."""
+        sharding=_forward.LaneSharding(), fast: bool = True, names=checks.PLAIN) -> Optimizer:
+    """Forward gradient descent with ``transform`` applied to ``(P/K) V Vᵀ∇L``.
+
+    Every argument is checked here, for the command line and the library alike (``names`` names them
+    as the caller does, ``checks.named``); K <= P (``orthonormalize``) by ``init``. P is read from
+    the parameters."""
+    n_tangents, orthonormalize = _forward.check_tangents(n_tangents, orthonormalize, names)
+    fast = checks.boolean(names("fast"), fast)
+    sharding = _forward.lane_sharding(sharding, n_tangents, names)
     stepper = _forward.stepper_for(system, fast=fast)
-    n_params = _forward.n_params(system)
 
     def init_fn(params):
+        _forward.check_basis(params, n_tangents, orthonormalize, names)
         return FgdState(transform.init(params))
 
     def update_fn(params, state, batch, key, carry):
         tangents = _forward.sample_tangents(key, params, n_tangents, orthonormalize)
         sketch = _forward.forward_sketch(system, params, tangents, batch, carry, with_ggn=False,
                                          stepper=stepper, sharding=sharding)
-        grad = fgd_direction(tangents, sketch.c, n_params)
+        grad = fgd_direction(tangents, sketch.c, _forward.n_params(params))
         updates, inner = transform.update(grad, state.inner, params)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": sketch.loss.astype(jnp.float32), "grad_norm": tree_norm(grad),
@@ -64,10 +71,7 @@ def fgd(system, transform: optax.GradientTransformation, *, n_tangents: int = 64
     return Optimizer(init_fn, update_fn)
 
 
-def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tangents, orthonormalize, shard,
-                fast, **update) -> Optimizer:
+def from_config(system, *, iterations: int, n_tangents, orthonormalize, shard, fast, **update) -> Optimizer:
     """``optim=fgd`` (conf/optim/fgd.yaml holds every default); ``update``: the optax keys."""
-    del episodic, n_steps
-    k, ortho = _forward.check_tangents(system, n_tangents, orthonormalize)
-    return fgd(system, make_transform(update, iterations), n_tangents=k, orthonormalize=ortho,
-               sharding=_forward.lane_sharding(shard, k), fast=checks.boolean("optim.fast", fast))
+    return fgd(system, make_transform(update, iterations), n_tangents=n_tangents, orthonormalize=orthonormalize,
+               sharding=shard, fast=fast, names=checks.CONFIG)

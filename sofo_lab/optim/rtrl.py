@@ -67,11 +67,35 @@ def rtrl_step(system, params, state, jacobian, x, target, w):
     return loss, unravel_s(new_flat), jacobian, grad
 
 
-def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int,
-         update_every: int = 1) -> Optimizer:
-    """Exact RTRL with ``transform`` as the online parameter update."""
+def check_size(system, params, batch_size: int, max_jacobian: int, names=checks.PLAIN) -> None:
+    """Refuse a Jacobian ∂s/∂θ of more than ``max_jacobian`` floats, or an update that cannot fit in
+    the memory available (``rtrl_update_bytes``); P and S from ``params`` (arrays or shapes)."""
+    state = jax.eval_shape(lambda p: system.init_state(p, batch_size), params)
+    S = sum(x.size for x in jax.tree.leaves(state))
+    P = sum(x.size for x in jax.tree.leaves(params))
+    if S * P > max_jacobian:
+        raise ConfigError(names("max_jacobian"), max_jacobian, f"the Jacobian ∂s/∂θ would hold {S}×{P} = "
+                          f"{S * P:.3g} floats (more than this); use a smaller model or batch, raise "
+                          f"{names('max_jacobian')}, or use uoro")
+    need, (free, where) = rtrl_update_bytes(S, P), available_bytes()
+    if need > free:   # the update, not only J: J, J', the P×P identity and the P pushed tangents
+        raise ConfigError(names("max_jacobian"), max_jacobian, f"an RTRL update of {P} parameters and {S} state "
+                          f"numbers needs about {need} bytes but {free} bytes are {where}; use a smaller model "
+                          "or batch, or uoro")
+
+
+def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int, update_every: int = 1,
+         max_jacobian: int = 50_000_000, names=checks.PLAIN) -> Optimizer:
+    """Exact RTRL with ``transform`` as the online parameter update; ``batch_size``: the B streams.
+
+    Every argument is checked here, for the command line and the library alike (``names`` names
+    them as the caller does, ``checks.named``); the size of J by ``init``, which sees the parameters."""
+    batch_size = checks.positive_int(names("batch_size"), batch_size)
+    update_every = checks.positive_int(names("update_every"), update_every)
+    max_jacobian = checks.positive_int(names("max_jacobian"), max_jacobian)
 
     def init_fn(params):
+        check_size(system, params, batch_size, max_jacobian, names)
         S = ravel_pytree(system.init_state(params, batch_size))[0].size
         P = ravel_pytree(params)[0].size
         return RtrlState(transform.init(params), jnp.zeros((S, P)), tree_zeros(params),
@@ -113,24 +137,10 @@ def rtrl_update_bytes(S: int, P: int, itemsize: int = 4) -> int:
     return itemsize * (2 * P * P + 4 * S * P)
 
 
-def from_config(system, *, iterations: int, n_steps: int, episodic: bool, update_every, max_jacobian, batch_size,
+def from_config(system, *, iterations: int, n_steps: int, batch_size: int, update_every, max_jacobian,
                 **update) -> Optimizer:
-    """``optim=rtrl`` (conf/optim/rtrl.yaml); ``batch_size`` is the run's (B streams: J is [B·state, P])."""
-    del episodic
-    update_every = checks.positive_int("optim.update_every", update_every)
-    batch_size = checks.positive_int("optim.batch_size", batch_size)
-    limit = checks.positive_int("optim.max_jacobian", max_jacobian)
-    params = jax.eval_shape(system.init_params, jax.random.PRNGKey(0))
-    state = jax.eval_shape(lambda p: system.init_state(p, batch_size), params)
-    S = sum(x.size for x in jax.tree.leaves(state))
-    P = sum(x.size for x in jax.tree.leaves(params))
-    if S * P > limit:
-        raise ConfigError("optim.max_jacobian", limit, f"the Jacobian ∂s/∂θ would hold {S}×{P} = {S * P:.3g} floats "
-                                                       f"(more than this); use a smaller model/batch or optim=uoro")
-    need, (free, where) = rtrl_update_bytes(S, P), available_bytes()
-    if need > free:   # the update, not only J: J, J', the P×P identity and the P pushed tangents
-        raise ConfigError("optim", "rtrl", f"an RTRL update of {P} parameters and {S} state numbers needs "
-                                           f"about {need} bytes but {free} bytes are {where}; use a smaller "
-                                           "model.n_hidden or batch_size, or optim=uoro")
-    transform = make_transform(update, iterations * max(1, n_steps // update_every), update_every)
-    return rtrl(system, transform, batch_size=batch_size, update_every=update_every)
+    """``optim=rtrl`` (conf/optim/rtrl.yaml); ``batch_size`` is the run's (the build passes it)."""
+    per_update = max(1, n_steps // checks.positive_int(checks.CONFIG("update_every"), update_every))
+    transform = make_transform(update, iterations * per_update, update_every)
+    return rtrl(system, transform, batch_size=batch_size, update_every=update_every, max_jacobian=max_jacobian,
+                names=checks.CONFIG)

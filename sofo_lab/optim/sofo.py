@@ -37,6 +37,7 @@ References:
 """
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -161,11 +162,32 @@ def _restart(fresh_inner, inner):
     return jax.tree.map(lambda f, c: c if jnp.issubdtype(c.dtype, jnp.integer) else f, fresh_inner, inner)
 
 
+def check_damping(damping, names=checks.PLAIN) -> float:
+    """λ: a finite number >= 0 (relative to G̃'s top eigenvalue)."""
+    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not 0 <= damping < math.inf:
+        raise ConfigError(names("damping"), damping, "must be a finite number >= 0 (relative to G̃'s top eigenvalue)")
+    return float(damping)
+
+
+def check_damping_range(bounds, names=checks.PLAIN) -> tuple[float, float]:
+    """``[min, max]`` of the adaptive λ, with 0 < min <= max < ∞."""
+    if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2
+            and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+            and 0 < bounds[0] <= bounds[1] < math.inf):
+        raise ConfigError(names("damping_range"), bounds, "must be [min, max] with 0 < min <= max (adaptive λ bounds)")
+    return float(bounds[0]), float(bounds[1])
+
+
 def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-3,
-         orthonormalize: bool = False, sharding: _forward.LaneSharding = _forward.LaneSharding(),
-         fast: bool = True, adaptive_damping: bool = False, damping_min: float = 1e-6,
-         damping_max: float = 1.0, noise_aware: bool = False, step_length: float = 1.0) -> Optimizer:
+         orthonormalize: bool = False, sharding=_forward.LaneSharding(), fast: bool = True,
+         adaptive_damping: bool = False, damping_range=(1e-6, 1.0), noise_aware: bool = False,
+         step_length: float = 1.0, names=checks.PLAIN) -> Optimizer:
     """SOFO with ``transform`` (an optax transformation) applied to the direction ``V z``.
+
+    Every argument is checked here, once, for the command line (``from_config``) and the library
+    (sofo_lab/library.py) alike; ``names`` names them as the caller does (``checks.named``). K <= P
+    (``orthonormalize``) is checked by ``init``, which sees the parameters. ``sharding``: a
+    ``LaneSharding`` or the mode of ``_forward.lane_sharding`` ("auto", true, false).
 
     With ``adaptive_damping`` a batch on which the current parameters are non-finite (a closed loop
     that the last step made unstable for some trial) rolls that step back: θ returns to the
@@ -177,9 +199,17 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     ``step_length``, the learning rate) chosen to maximize an unbiased estimate of the decrease on
     trials the step was not fitted to. Off, the step is the exact damped Gauss-Newton step.
     """
+    n_tangents, orthonormalize = _forward.check_tangents(n_tangents, orthonormalize, names)
+    damping = check_damping(damping, names)
+    fast = checks.boolean(names("fast"), fast)
+    adaptive_damping = checks.boolean(names("adaptive_damping"), adaptive_damping)
+    damping_min, damping_max = check_damping_range(damping_range, names)
+    noise_aware = checks.boolean(names("noise_aware"), noise_aware)
+    sharding = _forward.lane_sharding(sharding, n_tangents, names)
     stepper = _forward.stepper_for(system, fast=fast)
 
     def init_fn(params):
+        _forward.check_basis(params, n_tangents, orthonormalize, names)
         return SofoState(transform.init(params), jnp.asarray(damping, jnp.float32),
                          params if adaptive_damping else None)
 
@@ -267,28 +297,14 @@ def _step_length(update: dict) -> float:
     return float(update.get("lr", 1.0)) if update.get("update", "sgd") == "sgd" else 1.0
 
 
-def from_config(system, *, iterations: int, n_steps: int, episodic: bool, n_tangents, damping, orthonormalize,
-                adaptive_damping, damping_range, shard, fast, noise_aware=False, **update) -> Optimizer:
-    """``optim=sofo`` (conf/optim/sofo.yaml holds every default): check each key, build ``sofo``.
+def from_config(system, *, iterations: int, n_tangents, damping, orthonormalize, adaptive_damping, damping_range,
+                shard, fast, noise_aware=False, **update) -> Optimizer:
+    """``optim=sofo`` (conf/optim/sofo.yaml holds every default): ``sofo`` with the optax keys in
+    ``update`` (``lr``, ``update``, ..., sofo_lab/optim/transforms.py), which checks each key.
 
-    ``update`` holds the optax keys (``lr``, ``update``, ..., sofo_lab/optim/transforms.py).
     ``noise_aware`` has a default here only so that runs saved before the key existed still load.
     """
-    del episodic, n_steps
-    k, ortho = _forward.check_tangents(system, n_tangents, orthonormalize)
-    if isinstance(damping, bool) or not isinstance(damping, (int, float)) or not damping >= 0 \
-            or damping == float("inf"):
-        raise ConfigError("optim.damping", damping, "must be a finite number >= 0 (relative to G̃'s top eigenvalue)")
-    fast = checks.boolean("optim.fast", fast)
-    adaptive = checks.boolean("optim.adaptive_damping", adaptive_damping)
-    bounds = damping_range
-    if not isinstance(bounds, (list, tuple)) or len(bounds) != 2 \
-            or not all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds) \
-            or not 0 < bounds[0] <= bounds[1] < float("inf"):
-        raise ConfigError("optim.damping_range", bounds, "must be [min, max] with 0 < min <= max (adaptive λ bounds)")
-    aware = checks.boolean("optim.noise_aware", noise_aware)
-    transform = make_transform(update, iterations)
-    return sofo(system, transform, n_tangents=k, damping=float(damping), orthonormalize=ortho,
-                sharding=_forward.lane_sharding(shard, k), fast=fast,
-                adaptive_damping=adaptive, damping_min=float(bounds[0]), damping_max=float(bounds[1]),
-                noise_aware=aware, step_length=_step_length(update))
+    return sofo(system, make_transform(update, iterations), n_tangents=n_tangents, damping=damping,
+                orthonormalize=orthonormalize, sharding=shard, fast=fast, adaptive_damping=adaptive_damping,
+                damping_range=damping_range, noise_aware=noise_aware, step_length=_step_length(update),
+                names=checks.CONFIG)

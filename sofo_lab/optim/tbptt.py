@@ -90,10 +90,8 @@ def tbptt(system, transform: optax.GradientTransformation, *, truncation: int,
     return Optimizer(init_fn, update_fn)
 
 
-def from_config(system, *, iterations: int, n_steps: int, episodic: bool, truncation, accumulate,
-                **update) -> Optimizer:
+def from_config(system, *, iterations: int, n_steps: int, truncation, accumulate, **update) -> Optimizer:
     """``optim=tbptt`` (conf/optim/tbptt.yaml); ``update``: the optax keys, ``inverse_sqrt`` counted in steps."""
-    del episodic
     truncation = checks.positive_int("optim.truncation", truncation)
     accumulate = checks.boolean("optim.accumulate", accumulate)
     if truncation > n_steps:

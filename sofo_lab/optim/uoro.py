@@ -81,14 +81,21 @@ class UoroState(NamedTuple):
 
 
 def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, update_every: int = 1,
-         eps: float = 1e-7) -> Optimizer:
+         eps: float = 1e-7, names=checks.PLAIN) -> Optimizer:
     """UORO with ``transform`` as the online parameter update (see the module docstring).
+
+    ``batch_size``: the B streams (s̃ is state-shaped, ``[B, ...]``). Every argument is checked
+    here, for the command line and the library alike; ``names`` names them as the caller does
+    (``checks.named``).
 
     Per step: one ``jax.vjp`` of the step, whose pullback of the loss's output cotangent gives
     δθ; one ``vjp`` of the state map alone for νᵀ∂F/∂θ (no readout work); one ``jax.jvp`` of the
     step for (∂F/∂s)s̃ and the output tangent that gives δs · s̃ (XLA computes the shared forward
     once); ‖ν‖ = √dim s exactly.
     """
+    batch_size = checks.positive_int(names("batch_size"), batch_size)
+    update_every = checks.positive_int(names("update_every"), update_every)
+    eps = checks.positive(names("eps"), eps)
 
     def init_fn(params):
         zeros_p = tree_zeros(params)
@@ -149,12 +156,12 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
     return Optimizer(init_fn, update_fn)
 
 
-def from_config(system, *, iterations: int, n_steps: int, episodic: bool, update_every, epsilon, batch_size,
+NAMES = checks.named("optim", batch_size="batch_size", eps="optim.epsilon")   # Adam's eps is optim.eps
+
+
+def from_config(system, *, iterations: int, n_steps: int, batch_size: int, update_every, epsilon,
                 **update) -> Optimizer:
-    """``optim=uoro`` (conf/optim/uoro.yaml); ``batch_size`` is the run's (B streams: s̃ is [B, ...])."""
-    del episodic
-    update_every = checks.positive_int("optim.update_every", update_every)
-    eps = checks.positive("optim.epsilon", epsilon)
-    transform = make_transform(update, iterations * max(1, n_steps // update_every), update_every)
-    return uoro(system, transform, batch_size=checks.positive_int("optim.batch_size", batch_size),
-                update_every=update_every, eps=eps)
+    """``optim=uoro`` (conf/optim/uoro.yaml); ``batch_size`` is the run's (the build passes it)."""
+    per_update = max(1, n_steps // checks.positive_int(NAMES("update_every"), update_every))
+    transform = make_transform(update, iterations * per_update, update_every)
+    return uoro(system, transform, batch_size=batch_size, update_every=update_every, eps=epsilon, names=NAMES)

@@ -7,7 +7,8 @@ docs/library.md) is built exactly as a built-in one. What the engine adds at bui
 
 - model: ``n_inputs``, ``n_outputs`` from the task, and the task's ``model_settings()`` (e.g. the
   reach's ``dt``, ``tau`` and private noise) for every such key the model's YAML leaves ``null``;
-- optim: ``system``, ``iterations``, ``n_steps`` and ``episodic``.
+- optim: ``system``, and of the run's ``iterations``, ``batch_size`` and the task's ``n_steps`` and
+  ``episodic`` those its factory takes (``optim_runtime``): a factory receives only what it uses.
 
 ``build`` runs once per run, in ``trainer.prepare``: for sofo-run, in the pre-check before Hydra
 starts (so a bad value fails in one line before any run directory or SLURM job exists); a job
@@ -188,6 +189,36 @@ def _signature_defaults(obj) -> dict:
     return {n: p.default for n, p in params.items() if p.default is not p.empty}
 
 
+def optim_runtime(cfg: DictConfig, task) -> dict:
+    """What the build gives the optimizer's factory besides the YAML's keys: those of the run's
+    ``iterations``, ``batch_size`` and the task's ``n_steps``, ``episodic`` that the factory names
+    as arguments (its ``**kwargs``, the optax keys of the built-in ones, receive none of them)."""
+    offered = {"iterations": cfg.iterations, "batch_size": cfg.batch_size, "n_steps": task.n_steps,
+               "episodic": task.episodic}
+    factory = locate(_node(cfg, "optim")._target_, "optim._target_")
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return offered
+    named = {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return {k: v for k, v in offered.items() if k in named}
+
+
+def _optim_node(cfg: DictConfig) -> DictConfig:
+    """``cfg.optim``, without the ``batch_size: ${batch_size}`` that runs saved before the build passed
+    the run's batch size kept there (conf/optim/uoro.yaml, rtrl.yaml): ignored when it is the run's."""
+    node = _node(cfg, "optim")
+    if "batch_size" not in node:
+        return node
+    value = OmegaConf.select(node, "batch_size")
+    if value != cfg.batch_size:
+        raise ConfigError("optim.batch_size", value, f"the batch size is the run's: set batch_size={value} "
+                          "instead (the optimizer takes it from there)")
+    plain = OmegaConf.to_container(node, resolve=True)
+    del plain["batch_size"]
+    return OmegaConf.create(plain)
+
+
 def build(cfg: DictConfig, choices: dict | None = None) -> Setup:
     """Build task, model, system and optimizer from ``cfg``; ``choices`` (Hydra's group choices, e.g.
     ``{"model": "gru"}``) only names things in messages."""
@@ -212,6 +243,5 @@ def build(cfg: DictConfig, choices: dict | None = None) -> Setup:
 
     model = _model(cfg, task, (choices or {}).get("model")) if task.needs_model else None
     system = task.make_system(model)
-    optimizer = instantiate(cfg, "optim", system=system, episodic=task.episodic, iterations=cfg.iterations,
-                            n_steps=task.n_steps)
+    optimizer = instantiate({"optim": _optim_node(cfg)}, "optim", system=system, **optim_runtime(cfg, task))
     return Setup(task, model, system, optimizer, eval_batch_size)
