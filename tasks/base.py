@@ -15,11 +15,14 @@ from sofo_lab.core.system import Batch, ModelSystem
 
 
 class Task:
-    """Base class of the tasks: every method of the ``Task`` protocol (sofo_lab/core/interfaces.py)
-    but ``sample`` has its default here."""
+    """Base class of the tasks: every optional part of the ``Task``, ``EpisodicTask`` and
+    ``StreamTask`` protocols (sofo_lab/core/interfaces.py) has its default here; an episodic task
+    writes ``sample``, a stream ``init_data`` and ``next_batch`` (and sets ``episodic = False``)."""
 
     name: ClassVar[str]   # plot file names and labels; default: the class name in lower case
     episodic: ClassVar[bool] = True
+    headline_metric: ClassVar[str | None] = None   # sofo-compare's headline; None: found from the logs
+    references: ClassVar[dict[str, dict[str, float]]] = {}   # {metric: {label: level}}, dotted in figures
     loss_kind: ClassVar[str] = "mse"
     input_names: ClassVar[tuple[str, ...]]
     output_names: ClassVar[tuple[str, ...]]

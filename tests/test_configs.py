@@ -73,6 +73,7 @@ def test_every_combination_builds(task, model, optim):
     cfg = compose_config([f"task={task}", f"model={model}", f"optim={optim}", *TINY, *extra])
     setup = build(cfg, {"task": task, "model": model, "optim": optim})
     assert isinstance(setup.task, interfaces.Task) and isinstance(setup.system, interfaces.System)
+    assert isinstance(setup.task, interfaces.EpisodicTask if setup.task.episodic else interfaces.StreamTask)
     assert isinstance(setup.optimizer, interfaces.Optimizer)
     if not setup.task.needs_model:
         # Tasks that are their own system (influence balancing) ignore the model group.

@@ -2,7 +2,8 @@
 
 Nothing has to inherit from these: any object with these attributes works (structural typing),
 so a user's task, model or optimizer from their own files is built and run exactly as a built-in
-one (docs/library.md, "Your own task from the command line"). ``sofo_lab.tasks.base.Task`` is a
+one (docs/library.md, "Your own task from the command line"). A task is an ``EpisodicTask``
+(``sample``) or a ``StreamTask`` (``init_data``/``next_batch``); ``sofo_lab.tasks.base.Task`` is a
 base class that implements every optional part of ``Task`` with its default.
 
 Shape letters: T time, B batch, I inputs, N hidden, O outputs, K tangents, P parameters.
@@ -99,30 +100,36 @@ class Plant(Protocol):
 
 @runtime_checkable
 class Task(Protocol):
-    """A pure, key-driven source of batches with named channels, a loss, metrics and plots
-    (conf/task/*.yaml). ``sofo_lab.tasks.base.Task`` provides every method but ``sample`` (and,
-    for a closed loop, ``make_system``) with its default; a task of your own subclasses it.
+    """What every task provides, episodic or stream (conf/task/*.yaml): a pure, key-driven source of
+    batches with named channels, a loss, metrics and plots. A task is an ``EpisodicTask`` or a
+    ``StreamTask`` (below), which add how its batches are drawn. ``sofo_lab.tasks.base.Task``
+    implements every optional part with its default; a task of your own subclasses it and writes
+    ``sample`` (episodic) or ``init_data``/``next_batch`` (a stream).
 
     Contract:
 
-    - Fixed shapes, so batches are sampled inside ``jit``: ``sample(key, B) -> Batch(inputs
-      [T, B, I], targets [T, B, O], weights [T, B] or [T, B, O])``, time-major, T = ``n_steps``.
-    - ``episodic``: True, each batch holds B independent trials and the state resets; False, B
-      endless streams consumed window by window (``init_data``/``next_batch`` carry the stream's
-      generator state), the system state carried across windows.
+    - Fixed shapes, so batches are made inside ``jit``: ``Batch(inputs [T, B, I], targets
+      [T, B, O], weights [T, B] or [T, B, O])``, time-major, T = ``n_steps``.
+    - ``episodic``: True, each batch holds B independent trials and the state resets every batch;
+      False, B endless streams consumed window by window, the system state carried across windows.
     - ``make_system(model)`` is the system the optimizers train (the model with ``loss``, or a
       closed loop); ``needs_model`` False: the task is its own system and ignores the model.
     - ``model_settings()``: settings the network should take (``dt``, ``tau``,
       ``noise_amplitude``); the engine passes each to a model that takes it.
-    - Optional capabilities, with their defaults in the base class: ``step_source`` (the same
-      draw one step at a time: forward-mode memory then stays flat in T, data included),
-      ``online_metrics`` (streams' running scores, jit-ed with the update), ``evaluate`` (metrics
-      of the held-out batch), ``plot``, ``plot_history`` (figures over the run) and ``describe``.
+    - The trainer draws every batch through ``init_data``/``next_batch`` and applies
+      ``online_metrics`` after each update; an episodic task's defaults make them ``sample``'s.
+    - Reporting, with defaults in the base class: ``eval_batch`` (the held-out batch, None: no
+      evaluation), ``evaluate`` (its metrics), ``plot``, ``plot_history`` (figures over the run),
+      ``describe``; ``headline_metric`` (the logged metric ``sofo-compare`` shows next to the loss,
+      e.g. ``"eval/within_1cm"``; None: found from the logs) and ``references`` (``{metric:
+      {label: level}}``: levels drawn as dotted lines, e.g. a solved threshold; default none).
     """
 
     name: ClassVar[str]
     episodic: ClassVar[bool]
     needs_model: ClassVar[bool]
+    headline_metric: ClassVar[str | None]
+    references: ClassVar[dict[str, dict[str, float]]]
     n_steps: int
     loss: Loss
     model_n_inputs: int
@@ -134,17 +141,13 @@ class Task(Protocol):
 
     def check_batch_size(self, batch_size: int) -> None: ...
 
-    def sample(self, key, batch_size: int) -> Batch: ...
-
-    def step_source(self, key, batch_size: int) -> tuple[Any, Callable] | None: ...
-
     def init_data(self, key, batch_size: int) -> Any: ...
 
     def next_batch(self, data_state, key, batch_size: int) -> tuple[Any, Batch]: ...
 
-    def eval_batch(self, key, batch_size: int) -> Batch | None: ...
-
     def online_metrics(self, data_state, metrics: dict, params: Params) -> tuple[Any, dict]: ...
+
+    def eval_batch(self, key, batch_size: int) -> Batch | None: ...
 
     def evaluate(self, batch: Batch, ys) -> dict: ...
 
@@ -153,6 +156,39 @@ class Task(Protocol):
     def plot_history(self, out_dir: str, history: list[dict]) -> list[str]: ...
 
     def describe(self, final: dict) -> str: ...
+
+
+@runtime_checkable
+class EpisodicTask(Task, Protocol):
+    """A task of independent trials (``episodic = True``: reach, Kalman, a user's flip-flop): each
+    batch is B trials of T steps from the system's initial state, so it must provide
+
+    - ``sample(key, B) -> Batch``: B fresh trials, pure in ``key`` (``next_batch`` defaults to it);
+
+    and may provide, with defaults in the base class, ``step_source`` (the same draw one step at
+    a time: forward-mode memory then stays flat in T, data included; None: whole batches only)
+    and, with ``host_batches = True``, ``host_batch(seed, i, B)`` (batch i made on the host in
+    numpy, prefetched on a thread: recorded data, neurogym). ``eval_batch`` defaults to a sample.
+    """
+
+    def sample(self, key, batch_size: int) -> Batch: ...
+
+    def step_source(self, key, batch_size: int) -> tuple[Any, Callable] | None: ...
+
+
+@runtime_checkable
+class StreamTask(Task, Protocol):
+    """A task of B endless streams (``episodic = False``: aⁿbⁿ, brackets, influence balancing),
+    consumed in windows of T steps; the network state (and UORO's s̃, θ̃) carries across windows.
+    It must provide
+
+    - ``init_data(key, B)``: the streams' generator state before the first window;
+    - ``next_batch(data_state, key, B) -> (data_state', Batch)``: the next window of every stream;
+
+    and may provide ``online_metrics`` (running scores, each symbol scored before the update that
+    uses it, jit-ed with the update; tasks/streams.py). It has no held-out batch by default
+    (``eval_batch`` None) and no ``sample``.
+    """
 
 
 @runtime_checkable
