@@ -61,6 +61,26 @@ def strict(text: str):
     return json.loads(text, parse_constant=bad)
 
 
+def _logging_state():
+    import logging
+
+    loggers = [logging.root, *(x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger))]
+    return {lg: (list(lg.handlers), lg.level, lg.propagate, lg.disabled) for lg in loggers}
+
+
+def _restore_logging(saved) -> None:
+    import logging
+
+    for lg in [logging.root, *(x for x in logging.Logger.manager.loggerDict.values() if isinstance(x, logging.Logger))]:
+        handlers, level, propagate, disabled = saved.get(lg, ([], logging.NOTSET, True, False))
+        for handler in lg.handlers:
+            if handler not in handlers:
+                handler.close()
+        lg.handlers[:] = handlers
+        lg.setLevel(level)
+        lg.propagate, lg.disabled = propagate, disabled
+
+
 @pytest.fixture
 def sofo_run_here(monkeypatch):
     """``sofo-run``'s ``main()`` in this process, as ``run_cli`` runs it in another: returns a
@@ -88,11 +108,15 @@ def sofo_run_here(monkeypatch):
         monkeypatch.setattr(run, "_exit_code", 0)
         run._checked.clear()
         out, err, code = io.StringIO(), io.StringIO(), 0
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                run.main()
-            except SystemExit as exit_:
-                code = exit_.code or 0
+        saved = _logging_state()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                try:
+                    run.main()
+                except SystemExit as exit_:
+                    code = exit_.code or 0
+        finally:
+            _restore_logging(saved)   # Hydra's job logging would keep writing to the closed streams above
         return subprocess.CompletedProcess(["sofo-run", *args], code, out.getvalue(), err.getvalue())
 
     yield call
