@@ -22,6 +22,9 @@ from sofo_lab.train import checkpoint
 from sofo_lab.train.trainer import train
 from tests.conftest import compose_config
 
+# --dist loadgroup (pyproject.toml): the module's trained run (adam_run) is built once, on one worker
+pytestmark = pytest.mark.xdist_group("recorded")
+
 
 def save(tmp_path, name=None, **arrays):
     path = tmp_path / (name or f"data{len(list(tmp_path.glob('*.npz')))}.npz")

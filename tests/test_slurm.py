@@ -24,6 +24,9 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
+# --dist loadgroup (pyproject.toml): one SLURM cluster: its tests run one after another, on one worker
+pytestmark = pytest.mark.xdist_group("slurm")
+
 ROOT = Path(__file__).resolve().parents[1]
 LONG = ["task=kalman", "model=rnn", "optim=adam", "iterations=6000", "batch_size=4", "task.n_steps=20",
         "model.n_hidden=8", "progress=false", "plots=false", "log_every=50", "eval_every=1000",
