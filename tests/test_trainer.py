@@ -210,6 +210,8 @@ def test_the_docs_loggers_run_as_written(tmp_path, monkeypatch, capsys):
     assert len(commands) == 2 and {"logger=csv", "logger=wandb_csv"} <= {a for c in commands for a in c}
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
+    for name in [m for m in sys.modules if m == "mylab" or m.startswith("mylab.")]:
+        monkeypatch.delitem(sys.modules, name)   # another test's project may have imported its own mylab
     for i, args in enumerate(commands):
         run = tmp_path / f"run{i}"
         assert sofo_run([*args, *QUIET, f"hydra.run.dir={run}"], monkeypatch) == 0, capsys.readouterr().err
@@ -234,4 +236,4 @@ def test_the_docs_loggers_run_as_written(tmp_path, monkeypatch, capsys):
             "pip install tensorboardX" in line, line
         assert not (tmp_path / "tb").exists()
     for name in [m for m in sys.modules if m == "mylab" or m.startswith("mylab.")]:
-        monkeypatch.delitem(sys.modules, name)
+        del sys.modules[name]   # this project's mylab: not for the tests after this one
