@@ -2,7 +2,8 @@
 
     python scripts/bench_gpu_paper.py [--iterations 60] [--out docs/results/gpu_paper.json]
 
-Runs ``experiment=reach_paper``, ``experiment=double_reach_paper`` and ``experiment=kalman_paper``
+Runs ``experiment=reach_paper``, ``experiment=double_reach_paper``, ``experiment=kalman_paper`` and the
+CPU-scale reach at N = 32, 64, 128 (``reach_N32`` …)
 through the runner (``sofo_lab.train.trainer.train``) for ``--iterations`` iterations each (held-out
 evaluation at the end only), and records per preset: compile seconds, median and p90 seconds per
 iteration, the compiled step memory, the device allocator peak, and the held-out criterion (reach:
@@ -26,22 +27,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import compose, machine, out_path, save  # noqa: E402
 
 PRESETS = ("reach_paper", "double_reach_paper", "kalman_paper")
+REACH_SIZES = ("reach_N32", "reach_N64", "reach_N128")   # the flagship at three sizes (issue 23, item 5)
 CRITERION = ("eval/loss", "eval/within_1cm", "eval/moved_early", "eval/hold_error_cm", "eval/endpoint_error_cm",
              "eval/mse", "eval/oracle_mse", "eval/copy_mse")
+
+
+def case_overrides(case: str) -> list[str]:
+    """A preset's name (``reach_paper``), or ``reach_N<n>``: the CPU-scale reach at N = n (issue 23)."""
+    if case.startswith("reach_N"):
+        return ["task=reach", f"model.n_hidden={int(case[len('reach_N'):])}"]
+    return [f"experiment={case}"]
 
 
 def run_preset(preset: str, iterations: int, root: Path, extra=()) -> dict:
     from sofo_lab.train.trainer import train
 
-    cfg = compose([f"experiment={preset}", f"iterations={iterations}", f"eval_every={iterations}",
+    cfg = compose([*case_overrides(preset), f"iterations={iterations}", f"eval_every={iterations}",
                    f"checkpoint_every={iterations}", "logger=none", "plots=false", "progress=false", *extra])
-    full_budget = compose([f"experiment={preset}"]).iterations
+    full_budget = compose(case_overrides(preset)).iterations
     t0 = time.perf_counter()
     summary = train(cfg, root / preset)
     wall = time.perf_counter() - t0
     prof = summary["profile"]
     per_it = prof.get("step_time_median_s")
-    return {"preset": preset, "iterations": iterations, "status": summary["status"], "wall_s": wall,
+    return {"preset": preset, "n_hidden": cfg.model.get("n_hidden"), "iterations": iterations,
+            "status": summary["status"], "wall_s": wall,
             "compile_s": prof.get("compile_s"), "step_time_median_s": per_it,
             "step_time_p90_s": prof.get("step_time_p90_s"), "step_memory_bytes": prof.get("step_memory_bytes"),
             "device_peak_bytes": prof.get("device_peak_bytes"),
@@ -54,7 +64,8 @@ def run_preset(preset: str, iterations: int, root: Path, extra=()) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=60)
-    parser.add_argument("--presets", default=",".join(PRESETS))
+    parser.add_argument("--presets", default=",".join(PRESETS + REACH_SIZES),
+                        help="experiment presets, and reach_N<n>: the CPU-scale reach at N = n")
     parser.add_argument("--out", default=None)
     parser.add_argument("--extra", default="", help="overrides for every preset, space-separated (a CPU smoke test)")
     args = parser.parse_args(argv)

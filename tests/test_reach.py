@@ -262,16 +262,19 @@ def test_gpu_paper_script_runs_every_paper_preset_shrunk_on_cpu(tmp_path):
     time per iteration, the memory fields and the criterion, so the first lent GPU runs it as is."""
     out = tmp_path / "gpu.json"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_gpu_paper.py"), "--iterations", "2",
+                           "--presets", "reach_paper,double_reach_paper,kalman_paper,reach_N32",
                            "--extra", "batch_size=4 optim.n_tangents=4 task.n_steps=40 model.n_hidden=8",
                            "--out", str(out)], cwd=tmp_path, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(out.read_text())
     records = {r["preset"]: r for r in data["records"]}
-    assert list(records) == ["reach_paper", "double_reach_paper", "kalman_paper"]
+    assert list(records) == ["reach_paper", "double_reach_paper", "kalman_paper", "reach_N32"]
     for preset, r in records.items():
         assert r["status"] == "completed" and r["step_time_median_s"] > 0 and r["step_memory_bytes"] > 0
         assert r["full_budget_iterations"] >= 1000 and r["full_budget_minutes"] > 0   # the preset's own budget
         assert "device_peak_bytes_per_device" in r
     assert {"eval/within_1cm", "eval/moved_early"} <= set(records["reach_paper"]["criterion"])
+    assert {"eval/within_1cm", "eval/moved_early"} <= set(records["reach_N32"]["criterion"])
+    assert records["reach_N32"]["n_hidden"] == 8          # --extra comes last: the shrunk size
     assert {"eval/mse", "eval/oracle_mse"} <= set(records["kalman_paper"]["criterion"])
     assert data["machine"]["backend"] == "cpu"
