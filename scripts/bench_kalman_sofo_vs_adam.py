@@ -30,10 +30,10 @@ from bench_common import machine, run_cli  # noqa: E402
 def read_run(run_dir: Path) -> dict:
     """A run's record from its directory: evaluation points (iteration, training seconds, held-out
     metrics), the training loss at every update, the updates done, training seconds, median step."""
-    from sofo_lab.analysis.compare import load_run
+    from sofo_lab.analysis.runs import load_run
     from sofo_lab.analysis.compare_table import profile_of
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, build=False)
     profile = profile_of(run)
     points = [{"iteration": r["iteration"], "train_s": r["time_s"],
                **{k.split("/", 1)[1]: v for k, v in r.items() if k.startswith("eval/")}}

@@ -29,11 +29,11 @@ MAX_ITERATIONS = {"rtrl": 40}
 
 def run(optim: str, base: list[str], run_dir: Path, iterations: int) -> dict:
     """One optimizer's run through the command line, its record read back from its directory."""
-    from sofo_lab.analysis.compare import load_run
+    from sofo_lab.analysis.runs import load_run
     from sofo_lab.analysis.compare_table import profile_of
 
     done = load_run(bc.run_cli([*base, f"optim={optim}", f"iterations={iterations}",
-                                f"checkpoint_every={iterations}"], run_dir))
+                                f"checkpoint_every={iterations}"], run_dir), build=False)
     summary, profile = done.summary, profile_of(done)
     return {"optim": optim, "iterations": iterations, "status": summary["status"], "error": summary.get("error"),
             "curve": [{"time_s": r["time_s"], "iteration": r["iteration"], "eval_loss": r["eval/loss"]}

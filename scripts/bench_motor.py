@@ -49,17 +49,17 @@ FIGURE_METRICS = ["within_1cm", "moved_early", "hold_error_cm"]
 
 def record(run_dir: Path) -> dict:
     """A run's record, read from its directory, finished or not (status ``running`` before summary.json)."""
-    from sofo_lab.analysis.compare import load_run
+    from sofo_lab.analysis.runs import load_run
     from sofo_lab.analysis.compare_table import first_solved, profile_of
 
-    run = load_run(run_dir)
+    run = load_run(run_dir, build=False)
     profile, solved = profile_of(run), first_solved(run)
     curve = [{"iteration": r["iteration"], "train_time_s": r["time_s"],
               **{k: r[f"eval/{k}"] for k in METRICS if r.get(f"eval/{k}") is not None}}
              for r in run.history if "eval/loss" in r]
-    return {"task": run.task, "optim": run.choices.get("optim"), "seed": run.config.get("seed"),
-            "iterations": run.config.get("iterations"), "lr": run.config.get("optim.lr"),
-            "clip_norm": run.config.get("optim.clip_norm"), "status": (run.summary or {}).get("status", "running"),
+    return {"task": run.task_name, "optim": run.choices.get("optim"), "seed": run.settings.get("seed"),
+            "iterations": run.settings.get("iterations"), "lr": run.settings.get("optim.lr"),
+            "clip_norm": run.settings.get("optim.clip_norm"), "status": (run.summary or {}).get("status", "running"),
             "error": (run.summary or {}).get("error"), "step_time_s": profile.get("step_time_median_s"),
             "compile_s": profile.get("compile_s"), "reached_iteration": curve[-1]["iteration"] if curve else 0,
             "solved_iteration": solved and solved[0], "solved_time_s": solved and solved[1],

@@ -236,7 +236,8 @@ def fgd(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int 
 
 
 def uoro(step, loss, *, init_state, batch_size: int, learning_rate=None, tx=None,
-         update_every: int = _UORO["update_every"], eps: float = _UORO["eps"], stream: bool = True) -> RecurrentOptimizer:
+         update_every: int = _UORO["update_every"], eps: float = _UORO["eps"],
+         stream: bool = True) -> RecurrentOptimizer:
     """UORO (Tallec & Ollivier 2018): a rank-one unbiased estimate ``s̃ θ̃ᵀ`` of ∂s_t/∂θ carried
     forward, ``θ ← θ + tx(Σ g̃)`` every ``update_every`` steps *inside* the window (default
     ``optax.adam``). ``stream=True``: the network state, s̃ and θ̃ carry across calls; B streams

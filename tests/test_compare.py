@@ -112,8 +112,8 @@ def test_compare_groups_by_what_differs_pools_seeds_and_writes_exact_tables(tmp_
     assert "| optim=sofo optim.n_tangents=16 | 2/2 (0 1) | 0.7 ± 0.14 | 2 ± 0 | 0.5 |" in md
     assert "Reference levels of eval/loss: oracle 0.5, copy 3." in md
     # the curve: mean and min-max over seeds at each iteration, time = mean time_s
-    group = next(g for g in compare.group_runs([compare.load_run(d) for d in compare.find_runs([sweep])])
-                 if g.label.startswith("optim=sofo"))
+    runs = [compare.load_run(d, build=False) for d in compare.find_runs([sweep])]
+    group = next(g for g in compare.group_runs(runs) if g.label.startswith("optim=sofo"))
     assert compare_plot.curve(group.runs, "eval/loss") == [(0, 0.0, 3.1, 3.0, 3.2), (10, pytest.approx(0.3), 1.2, 1.0, 1.4),
                                                       (20, 0.5, pytest.approx(0.7), 0.6, 0.8)]
 
@@ -146,11 +146,11 @@ def _reach_runs(root: Path) -> Path:
 
 def test_the_task_class_of_a_run_whose_config_names_none_is_that_of_its_task_choice(tmp_path):
     run = _run_dir(tmp_path, "0", "sofo", 0, [1.0, 0.5], task="reach")
-    assert compare.task_class(compare.load_run(run)).__name__ == "Reach"
+    assert compare.task_class(compare.load_run(run, build=False)).__name__ == "Reach"
     (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml({"seed": 0, "task": {"n_steps": 10}}))
-    assert compare.task_class(compare.load_run(run)).__name__ == "Reach"   # from conf/task/reach.yaml
+    assert compare.task_class(compare.load_run(run, build=False)).__name__ == "Reach"   # from conf/task/reach.yaml
     (run / ".hydra" / "config.yaml").write_text(OmegaConf.to_yaml({"task": {"_target_": "mylab.Missing"}}))
-    assert compare.task_class(compare.load_run(run)) is None               # a user's task not importable here
+    assert compare.task_class(compare.load_run(run, build=False)) is None   # a user's task not importable here
 
 
 def test_compare_draws_and_tabulates_more_metrics_with_the_tasks_solved_levels(tmp_path):

@@ -84,3 +84,11 @@ def test_sofo_run_refuses_a_batch_that_cannot_fit_in_one_line(tmp_path, monkeypa
     assert line.startswith("batch_size=1000000000: the run needs about") and "bytes" in line
     assert "lower batch_size" in line and "\n" not in line
     assert not list(tmp_path.iterdir())   # refused before anything was written
+
+
+def test_the_key_named_is_the_one_furthest_above_its_own_default():
+    """The defaults come from the YAML the run chose (no ``name`` key in any config): n_tangents at
+    its default 64 is not named for a batch 10 times its default."""
+    assert resources.culprit(compose_config(["task=kalman", "optim=sofo", "batch_size=640"])) == "batch_size"
+    assert resources.culprit(compose_config(["task=kalman", "optim=sofo", "optim.n_tangents=6400"])) == "optim.n_tangents"
+    assert resources.culprit(compose_config(["task=kalman", "model.n_hidden=6400"])) == "model.n_hidden"

@@ -159,3 +159,34 @@ def test_load_run_of_a_run_of_the_users_own_task(tmp_path, monkeypatch):
     traj = sofo_lab.simulate(run.system, run.params, batch)
     assert traj.states.shape == (run.task.n_steps, 2, run.config.model.n_hidden)
     assert traj.outputs.shape == (run.task.n_steps, 2, 3)
+
+
+def test_one_run_and_one_load_run_for_the_library_and_sofo_compare(tmp_path):
+    """sofo_lab.load_run is sofo-compare's: the records (metrics, summary, choices, settings) always,
+    the trained pieces unless ``build=False``."""
+    import json
+
+    from omegaconf import OmegaConf
+
+    from sofo_lab.analysis import compare
+    from sofo_lab.train.assemble import build
+    from tests.conftest import compose_config
+
+    assert compare.load_run is sofo_lab.load_run and compare.Run is sofo_lab.Run
+    cfg = compose_config(["task=kalman", "optim=adam", "model.n_hidden=8", "logger=none"])
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")
+    OmegaConf.save({"hydra": {"runtime": {"choices": {"task": "kalman", "optim": "adam"}}}},
+                   tmp_path / ".hydra" / "hydra.yaml")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"iteration": 1, "train/loss": 2.0}) + "\n{cut")
+    (tmp_path / "summary.json").write_text(json.dumps({"status": "completed"}))
+    records = sofo_lab.load_run(tmp_path, build=False)
+    assert records.task is None and records.params is None and records.config.optim.lr == cfg.optim.lr
+    assert records.history == [{"iteration": 1, "train/loss": 2.0}] and records.status == "completed"
+    assert records.task_name == "kalman" and records.settings["optim.lr"] == cfg.optim.lr
+    checkpoint.save_params_npz(tmp_path / "checkpoints" / checkpoint.PARAMS_NPZ,
+                               build(cfg).system.init_params(jax.random.PRNGKey(0)))
+    run = sofo_lab.load_run(tmp_path)
+    assert isinstance(run.task, Kalman) and run.iteration is None and run.history == records.history
+    assert set(run.params) == set(build(cfg).system.init_params(jax.random.PRNGKey(0)))

@@ -37,7 +37,6 @@ without a prefix means ``eval/<name>`` when logged, else ``train/<name>``.
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from dataclasses import dataclass, field
@@ -45,33 +44,13 @@ from pathlib import Path
 
 from sofo_lab.analysis.compare_plot import figure
 from sofo_lab.analysis.compare_table import is_number, logs_solved, markdown, table_rows, write_csv
+from sofo_lab.analysis.runs import Run, load_run, read_yaml
 from sofo_lab.conf import CONF_DIR
-from sofo_lab.train import per_optim
 from sofo_lab.train.reporting import reference_levels
 
-GROUP_CHOICES = ("task", "model", "optim", "experiment")
 # Keys that change how a run is logged or stored, not what it computes.
 PLUMBING = ("seed", "progress", "plots", "resume", "log_every", "eval_every", "checkpoint_every",
             "logger", "callbacks", "hydra", "local", "cluster", "eval_batch_size", "steps_per_dispatch")
-
-
-@dataclass
-class Run:
-    path: Path
-    choices: dict
-    overrides: dict          # effective: per_optim applied, seed and plumbing kept (filtered later)
-    config: dict             # flattened .hydra/config.yaml (unresolved), per_optim applied
-    history: list
-    summary: dict | None
-    seed: object = None
-
-    @property
-    def task(self) -> str:
-        return str(self.choices.get("task") or self.config.get("task.name") or "task")
-
-    @property
-    def status(self) -> str:
-        return (self.summary or {}).get("status") or "unfinished"   # no summary.json: running, or killed
 
 
 @dataclass
@@ -79,25 +58,6 @@ class Group:
     label: str
     keys: dict
     runs: list = field(default_factory=list)
-
-
-def _yaml(path: Path):
-    from omegaconf import OmegaConf
-
-    try:
-        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
-    except Exception:   # noqa: BLE001 - a torn or missing file: treat as absent
-        return None
-
-
-def _flatten(d, prefix=""):
-    out = {}
-    for k, v in (d or {}).items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _plumbing(key: str) -> bool:
@@ -117,40 +77,6 @@ def find_runs(paths) -> list[Path]:
     return found
 
 
-def load_run(path: Path) -> Run:
-    path = Path(path)
-    summary = None
-    try:
-        summary = json.loads((path / "summary.json").read_text())
-    except (OSError, ValueError):   # a run still going (or killed) has no summary yet: read its metrics only
-        pass
-    history = []
-    for line in (path / "metrics.jsonl").read_text().splitlines():
-        try:
-            history.append(json.loads(line))
-        except ValueError:   # a line cut by a killed job
-            pass
-    hydra = _yaml(path / ".hydra" / "hydra.yaml") or {}
-    choices = dict(((hydra.get("hydra") or {}).get("runtime") or {}).get("choices") or (summary or {}).get("choices") or {})
-    choices = {k: v for k, v in choices.items() if k in GROUP_CHOICES and v is not None}
-    optim = choices.get("optim")
-    raw = _yaml(path / ".hydra" / "overrides.yaml") or []
-    overrides = {}
-    for o in per_optim.effective_overrides(raw, optim):
-        key, _, value = o.partition("=")
-        key = key.lstrip("+~")
-        overrides[key] = value
-    config = _flatten(_yaml(path / ".hydra" / "config.yaml") or {})
-    extra = {k: v for k, v in config.items() if k.startswith(per_optim.KEY + ".")}
-    for k, v in extra.items():
-        parts = k.split(".")
-        if len(parts) > 2 and parts[1] == optim:
-            config["optim." + ".".join(parts[2:])] = v
-        del config[k]
-    seed = overrides.get("seed", config.get("seed"))
-    return Run(path, choices, overrides, config, history, summary, seed)
-
-
 def group_runs(runs: list[Run]) -> list[Group]:
     """Configurations: runs that agree on everything but the seed (and plumbing)."""
     def described(run):
@@ -168,13 +94,13 @@ def group_runs(runs: list[Run]) -> list[Group]:
         by_key.setdefault(tuple(d.get(k) for k in varying), []).append(run)
     extra = []
     for members in by_key.values():
-        configs = [{k: str(v) for k, v in m.config.items() if not _plumbing(k)} for m in members]
+        configs = [{k: str(v) for k, v in m.settings.items() if not _plumbing(k)} for m in members]
         ckeys = dict.fromkeys(k for c in configs for k in c)
         extra += [k for k in ckeys if len({c.get(k) for c in configs}) > 1 and k not in varying and k not in extra]
     groups: dict = {}
     for run, d in zip(runs, descs):
         values = {k: d.get(k) for k in varying}
-        values.update({k: str(run.config.get(k)) for k in extra})
+        values.update({k: str(run.settings.get(k)) for k in extra})
         label = " ".join(f"{k}={v}" for k, v in values.items() if v is not None) or "all runs"
         groups.setdefault(label, Group(label, {k: v for k, v in values.items() if v is not None})).runs.append(run)
     return list(groups.values())
@@ -195,9 +121,9 @@ def task_class(run: Run):
     """The run's task class when it can be imported (for ``headline_metric``/``references``), else None:
     its config's ``task._target_``, or for a run whose config names none, that of the package's
     ``conf/task/<task>.yaml`` (the task it chose)."""
-    target = run.config.get("task._target_")
+    target = run.settings.get("task._target_")
     if not target and run.choices.get("task"):
-        target = (_yaml(Path(CONF_DIR) / "task" / f"{run.choices['task']}.yaml") or {}).get("_target_")
+        target = (read_yaml(Path(CONF_DIR) / "task" / f"{run.choices['task']}.yaml") or {}).get("_target_")
     if not target:
         return None
     from hydra.utils import get_class
@@ -270,7 +196,7 @@ def compare(paths, out: str | Path | None = None, spread: str = "minmax", title:
     dirs = find_runs(paths)
     if not dirs:
         raise SystemExit(f"error: no runs (directories with metrics.jsonl) under {' '.join(map(str, paths))}")
-    runs = [load_run(d) for d in dirs]
+    runs = [load_run(d, build=False) for d in dirs]   # records only: no build, no JAX
     unknown = [m for m in metrics if metric_key(runs, m) is None]
     if unknown:   # a typo would otherwise only drop a row from the figure
         raise SystemExit(f"error: --metrics {','.join(unknown)}: logged by no run; logged: {_logged_names(runs)}")
@@ -278,7 +204,7 @@ def compare(paths, out: str | Path | None = None, spread: str = "minmax", title:
     out.mkdir(parents=True, exist_ok=True)
     by_task: dict[str, list[Run]] = {}
     for r in runs:
-        by_task.setdefault(r.task, []).append(r)
+        by_task.setdefault(r.task_name, []).append(r)
     written, md, rows = {"figures": []}, [], []
     for task, task_runs in by_task.items():
         groups = group_runs(task_runs)

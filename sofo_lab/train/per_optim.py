@@ -17,25 +17,38 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from sofo_lab.conf import CONF_DIR
 from sofo_lab.core.errors import ConfigError
 
 KEY = "per_optim"
 
 
+def group_choice(cfg: DictConfig, group: str) -> str | None:
+    """The config-group choice behind ``cfg.<group>`` (``optim`` -> "sofo"): Hydra's record of it
+    (``hydra.runtime.choices``) when the config holds one, else the packaged ``conf/<group>/<name>.yaml``
+    that names the same ``_target_`` (the first by name); None for a config of the user's own."""
+    choice = OmegaConf.select(cfg, f"hydra.runtime.choices.{group}", default=None)
+    if choice:
+        return choice
+    target = OmegaConf.select(cfg, f"{group}._target_", default=None)
+    for path in sorted((Path(CONF_DIR) / group).glob("*.yaml")) if target else []:
+        if OmegaConf.load(path).get("_target_") == target:
+            return path.stem
+    return None
+
+
 def _choice(cfg: DictConfig, optim_choice: str | None) -> str | None:
-    if optim_choice is not None:
-        return optim_choice
-    return OmegaConf.select(cfg, "hydra.runtime.choices.optim", default=None) or OmegaConf.select(cfg, "optim.name")
+    return optim_choice if optim_choice is not None else group_choice(cfg, "optim")
 
 
 def apply(cfg: DictConfig, optim_choice: str | None = None, known: Iterable[str] | None = None) -> DictConfig:
     """``cfg`` with ``per_optim.<optim>`` merged into ``optim`` and ``per_optim`` removed.
 
-    ``optim_choice``: the optimizer's config-group choice (default: ``hydra.runtime.choices.optim``,
-    else ``optim.name``). ``known``: the optimizer names allowed under ``per_optim`` (a typo such
+    ``optim_choice``: the optimizer's config-group choice (default: ``group_choice(cfg, "optim")``). ``known``: the optimizer names allowed under ``per_optim`` (a typo such
     as ``per_optim.sofoo`` would otherwise apply to nothing).
     """
     extra = cfg.get(KEY) if isinstance(cfg, DictConfig) else None

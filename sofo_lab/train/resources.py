@@ -25,6 +25,7 @@ from sofo_lab.conf import CONF_DIR
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.core.memory import available_bytes, fmt_bytes, tree_bytes
 from sofo_lab.core.system import rollout
+from sofo_lab.train.per_optim import group_choice
 from sofo_lab.train.state import init_train_state
 
 # The keys that set a run's size, with where their defaults live (conf/<file>).
@@ -66,9 +67,9 @@ def culprit(cfg) -> str:
         if group == "config":
             default = OmegaConf.load(Path(CONF_DIR) / "config.yaml").get(key.split(".")[-1])
         else:
-            name = OmegaConf.select(cfg, f"{group}.name", default=None)
+            name = group_choice(cfg, group)   # the YAML the run chose, or the one naming its _target_
             path = Path(CONF_DIR) / group / f"{name}.yaml"
-            default = OmegaConf.load(path).get(key.split(".")[-1]) if path.is_file() else None
+            default = OmegaConf.load(path).get(key.split(".")[-1]) if name and path.is_file() else None
         default = default if isinstance(default, int) and not isinstance(default, bool) else 1
         if value / default > best_ratio:
             best, best_ratio = key, value / default
