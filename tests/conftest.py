@@ -108,6 +108,12 @@ def sofo_run_here(monkeypatch):
         monkeypatch.setattr(run, "_exit_code", 0)
         run._checked.clear()
         out, err, code = io.StringIO(), io.StringIO(), 0
+        # Hydra's logging set-up closes every handler in the process, and absl's (JAX's) closes its
+        # stream then unless it is a sys stream: pytest's capture file when JAX was first imported in
+        # an earlier test, and every test after that would fail on a closed file.
+        from absl import logging as absl_logging
+
+        monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.__stderr__)
         saved = _logging_state()
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
