@@ -2,7 +2,6 @@
 the user's own, each run built once, one-line errors for ``experiment=null`` and a misspelt key,
 Hydra's flags read without Hydra's private parser."""
 import json
-import logging
 import re
 import shlex
 import sys
@@ -38,36 +37,6 @@ class JsonLines:
 '''
 
 
-def sofo_run(args, monkeypatch) -> int:
-    """``sofo-run <args>`` in this process; its exit status."""
-    from sofo_lab.cli import run
-
-    monkeypatch.setattr(sys, "argv", ["sofo-run", *args])
-    monkeypatch.setattr(run, "_exit_code", 0)
-    monkeypatch.setattr(run, "_checked", {})
-    monkeypatch.setattr(sys, "path", list(sys.path))   # sofo-run appends the working directory
-    monkeypatch.setenv("PYTHONPATH", "")
-    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
-    # Hydra's logging set-up closes every handler there is; absl's (JAX's) then closes its stream
-    # unless it is the current sys.stderr: pytest's own capture file, when JAX was first imported
-    # in an earlier test. It writes to the current one for the run.
-    from absl import logging as absl_logging
-
-    monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.stderr)
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    try:
-        with pytest.raises(SystemExit) as exit_:
-            run.main()
-    finally:   # Hydra's job logging (stdout, stderr, <run dir>/sofo.log) ends with the run
-        for handler in root.handlers:
-            if handler not in handlers:
-                handler.close()
-        root.handlers[:] = handlers
-        root.setLevel(level)
-    return exit_.value.code
-
-
 @pytest.fixture
 def user_project(tmp_path, monkeypatch):
     """A project outside the package: its logger module on sys.path, its logger configs in conf/."""
@@ -86,29 +55,30 @@ def _lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_a_users_logger_gets_every_record_through_sofo_run(user_project, monkeypatch, capsys):
+def test_a_users_logger_gets_every_record_through_sofo_run(user_project, sofo_run_here):
     conf, run = user_project / "conf", user_project / "run"
-    code = sofo_run(["--config-dir", str(conf), "logger=mine", "logger.filename=mine.jsonl", *KALMAN, *QUIET,
-                     f"hydra.run.dir={run}"], monkeypatch)
-    assert code == 0, capsys.readouterr().err
+    out = sofo_run_here(["--config-dir", str(conf), "logger=mine", "logger.filename=mine.jsonl", *KALMAN, *QUIET,
+                         f"hydra.run.dir={run}"], cwd=user_project)
+    assert out.returncode == 0, out.stderr
     metrics = _lines(run / "metrics.jsonl")
     assert [r["iteration"] for r in metrics] == [0, 1, 2, 3] and _lines(run / "mine.jsonl") == metrics
     assert "mine: completed (mine.jsonl)" in (run / "sofo.log").read_text()
     # several loggers, composed as in lightning-hydra-template (logger/both.yaml: mine@first, mine@second)
     both = user_project / "both"
-    assert sofo_run(["--config-dir", str(conf), "logger=both", *KALMAN, *QUIET, f"hydra.run.dir={both}"],
-                    monkeypatch) == 0
+    out = sofo_run_here(["--config-dir", str(conf), "logger=both", *KALMAN, *QUIET, f"hydra.run.dir={both}"],
+                        cwd=user_project)
+    assert out.returncode == 0, out.stderr
     assert _lines(both / "mine.jsonl") == _lines(both / "second.jsonl") == _lines(both / "metrics.jsonl")
     # its keys are checked like the package's, before anything is written
-    capsys.readouterr()
-    assert sofo_run(["--config-dir", str(conf), "logger=mine", "+logger.filenme=x", *KALMAN, *QUIET,
-                     f"hydra.run.dir={user_project / 'bad'}"], monkeypatch) == 2
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    out = sofo_run_here(["--config-dir", str(conf), "logger=mine", "+logger.filenme=x", *KALMAN, *QUIET,
+                         f"hydra.run.dir={user_project / 'bad'}"], cwd=user_project)
+    (line,) = out.stderr.strip().splitlines()
+    assert out.returncode == 2
     assert line.startswith("error: logger.filenme='x': unknown key (did you mean logger.filename?)"), line
     assert not (user_project / "bad").exists()
 
 
-def test_each_run_is_built_once(tmp_path, monkeypatch, capsys):
+def test_each_run_is_built_once(tmp_path, monkeypatch, sofo_run_here):
     """The pre-check's build is the one the run trains: build, per_optim.apply and check_shapes
     once per run, for a single run and for each run of a sweep under the basic launcher."""
     from sofo_lab.train import per_optim, resources, trainer
@@ -124,12 +94,13 @@ def test_each_run_is_built_once(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(trainer, "build", counted("build", trainer.build))
     monkeypatch.setattr(per_optim, "apply", counted("apply", per_optim.apply))
     monkeypatch.setattr(resources, "check_shapes", counted("check_shapes", resources.check_shapes))
-    monkeypatch.chdir(tmp_path)
-    assert sofo_run([*KALMAN, *TINY, f"hydra.run.dir={tmp_path / 'one'}"], monkeypatch) == 0, capsys.readouterr()
+    out = sofo_run_here([*KALMAN, *TINY, f"hydra.run.dir={tmp_path / 'one'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
     assert calls == {"build": 1, "apply": 1, "check_shapes": 1}
     assert json.loads((tmp_path / "one" / "summary.json").read_text())["status"] == "completed"
     calls.update(build=0, apply=0, check_shapes=0)
-    assert sofo_run(["-m", *KALMAN, *TINY, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], monkeypatch) == 0
+    out = sofo_run_here(["-m", *KALMAN, *TINY, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
     assert calls == {"build": 2, "apply": 2, "check_shapes": 2}
     assert all((tmp_path / "sweep" / str(i) / "summary.json").is_file() for i in (0, 1))
 
@@ -138,11 +109,10 @@ def test_each_run_is_built_once(tmp_path, monkeypatch, capsys):
     (["experiment=null"], "error: experiment='null': a config group takes a config name, not null; choose one of"),
     (["optim.lrr=0.1"], "error: optim.lrr='0.1': unknown key (did you mean optim.lr?); optim has"),
 ])
-def test_bad_input_ends_in_one_line(tmp_path, monkeypatch, capsys, args, start):
-    monkeypatch.chdir(tmp_path)
-    assert sofo_run([*KALMAN, *args], monkeypatch) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith(start), err
+def test_bad_input_ends_in_one_line(tmp_path, sofo_run_here, args, start):
+    out = sofo_run_here([*KALMAN, *args], cwd=tmp_path)
+    err = out.stderr
+    assert out.returncode == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith(start), err
     assert not list(tmp_path.iterdir())
 
 
@@ -194,7 +164,7 @@ def _doc_section(heading: str) -> str:
     return re.split(r"^## ", DOC.read_text().split(heading, 1)[1], flags=re.M)[0]
 
 
-def test_the_docs_loggers_run_as_written(tmp_path, monkeypatch, capsys):
+def test_the_docs_loggers_run_as_written(tmp_path, monkeypatch, sofo_run_here):
     """docs/library.md, "Your own logger from the command line": its files in a project outside the
     package, each of its sofo-run lines run there (tiny sizes appended)."""
     section = _doc_section("## Your own logger from the command line")
@@ -208,13 +178,13 @@ def test_the_docs_loggers_run_as_written(tmp_path, monkeypatch, capsys):
             path.write_text(body)
     commands = [shlex.split(line)[1:] for line in re.findall(r"^sofo-run .*$", section, flags=re.M)]
     assert len(commands) == 2 and {"logger=csv", "logger=wandb_csv"} <= {a for c in commands for a in c}
-    monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")
     for name in [m for m in sys.modules if m == "mylab" or m.startswith("mylab.")]:
         monkeypatch.delitem(sys.modules, name)   # another test's project may have imported its own mylab
     for i, args in enumerate(commands):
         run = tmp_path / f"run{i}"
-        assert sofo_run([*args, *QUIET, f"hydra.run.dir={run}"], monkeypatch) == 0, capsys.readouterr().err
+        out = sofo_run_here([*args, *QUIET, f"hydra.run.dir={run}"], cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
         metrics = _lines(run / "metrics.jsonl")
         csv_name = "metrics.csv" if i == 0 else "all.csv"
         rows = (run / csv_name).read_text().splitlines()
@@ -228,12 +198,10 @@ def test_the_docs_loggers_run_as_written(tmp_path, monkeypatch, capsys):
     try:
         import tensorboardX  # noqa: F401
     except ImportError:   # the guarded import: one line, exit 2, nothing written
-        capsys.readouterr()
-        assert sofo_run(["--config-dir", "conf", "logger=tensorboard", *KALMAN, *QUIET, "hydra.run.dir=tb"],
-                        monkeypatch) == 2
-        (line,) = capsys.readouterr().err.strip().splitlines()
+        out = sofo_run_here(["--config-dir", "conf", "logger=tensorboard", *KALMAN, *QUIET, "hydra.run.dir=tb"],
+                            cwd=tmp_path)
+        (line,) = out.stderr.strip().splitlines()
+        assert out.returncode == 2
         assert line.startswith("error: logger='mylab.tblog.TensorBoardLogger': could not be built") and \
             "pip install tensorboardX" in line, line
         assert not (tmp_path / "tb").exists()
-    for name in [m for m in sys.modules if m == "mylab" or m.startswith("mylab.")]:
-        del sys.modules[name]   # this project's mylab: not for the tests after this one
