@@ -191,8 +191,9 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
 
     With ``adaptive_damping`` a batch on which the current parameters are non-finite (a closed loop
     that the last step made unstable for some trial) rolls that step back: θ returns to the
-    parameters before it, the optax state's buffers restart (its step count goes on), λ grows ×10, and ``metrics["rolled_back"]`` is 1
-    so that the runner goes on instead of stopping at a non-finite loss.
+    parameters before it, the optax state's buffers restart (its step count goes on), λ grows ×10,
+    and ``metrics["rolled_back"]`` is 1 so that the runner goes on instead of stopping at a
+    non-finite loss.
 
     ``noise_aware``: the forward pass also keeps each trial's projected gradient, and the step is
     ``noise_aware_solve``'s: λ (at least the damping in use) and the step's length (at most
