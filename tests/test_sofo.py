@@ -250,7 +250,8 @@ def test_orthonormal_basis_needs_at_most_p_tangents(tmp_path, monkeypatch):
     ("sofo", "n_tangents", "n_tangents", 0), ("sofo", "damping", "damping", -1.0),
     ("sofo", "damping_range", "damping_range", [1.0, 0.1]), ("sofo", "adaptive_damping", "adaptive_damping", "yes"),
     ("fgd", "orthonormalize", "orthonormalize", "maybe"), ("uoro", "update_every", "update_every", 0),
-    ("uoro", "eps", "epsilon", -1.0), ("rtrl", "max_jacobian", "max_jacobian", 0)])
+    ("uoro", "eps", "epsilon", -1.0), ("rtrl", "max_jacobian", "max_jacobian", 0),
+    ("fgd", "learning_rate", "lr", -1.0)])
 def test_the_library_and_the_command_line_refuse_a_bad_value_by_the_same_rule(optim, argument, override, value):
     """One check per optimizer (its factory in sofo_lab/optim/): the same rule and message, named
     as each caller spells the value (``optim.<key>`` on the command line, the argument in the library)."""
@@ -260,10 +261,9 @@ def test_the_library_and_the_command_line_refuse_a_bad_value_by_the_same_rule(op
         h = jnp.tanh(x @ p["w"] + h)
         return h, h
 
-    kw = {"batch_size": 2} if optim in ("uoro", "rtrl") else {}
+    kw = {"learning_rate": 0.1, **({"batch_size": 2} if optim in ("uoro", "rtrl") else {}), argument: value}
     with pytest.raises(ConfigError) as lib:
-        getattr(sofo_lab, optim)(step, "mse", init_state=jnp.zeros(3), learning_rate=0.1, **kw,
-                                 **{argument: value})
+        getattr(sofo_lab, optim)(step, "mse", init_state=jnp.zeros(3), **kw)
     dotted = f"{value}".replace(" ", "")
     with pytest.raises(ConfigError) as cli:
         build(compose_config([*TINY, "task=kalman", f"optim={optim}", f"optim.{override}={dotted}"]))
