@@ -4,7 +4,6 @@ resumed run that sees the uninterrupted run's batches (tests/test_recorded.py ch
 import threading
 import time
 
-import jax
 import numpy as np
 import pytest
 

@@ -18,7 +18,7 @@ import numpy as np
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.core.system import GeneratedBatch, StepInput, rollout
 from sofo_lab.train.assemble import Setup
-from sofo_lab.train.state import TrainState, init_train_state, run_keys  # noqa: F401 - init_train_state: the library's
+from sofo_lab.train.state import TrainState, run_keys
 
 
 class TrainClock:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 
 from sofo_lab.core.errors import ConfigError
