@@ -97,6 +97,11 @@ def sofo_run_here(monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
     monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    # Hydra's job logging (logging.config.dictConfig) would close every handler there is, pytest's own
+    # among them: later tests on this worker then fail writing a log record to a closed file
+    import logging.config
+
+    monkeypatch.setattr(logging.config, "_clearExistingHandlers", lambda: None)
     before, dirs = set(sys.modules), []
 
     def call(args, cwd, env=None):
