@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
             for task in ("reach", "double_reach"):
                 for ref in ("plain", "plain_noisy"):   # the plain run at T = 180: scaled to the task's T
                     ratio(f"{optim}/{task}/N{n} : {ref}", f"{optim}/{task}/N{n}", f"{optim}/{ref}/N{n}",
-                          BOUNDS.get(optim, 1.5), scale=steps[task] / steps["plain"])
+                          BOUNDS.get(optim, 1.5), scale=steps.get(task, 1) / steps.get("plain", 1))
     if "sofo" in args.optims.split(","):
         for n in sizes:
             ratio(f"sofo/reach/N{n} : generic", f"sofo/reach/N{n}", f"sofo/reach-generic/N{n}", 1.0)
