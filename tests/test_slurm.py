@@ -101,13 +101,27 @@ def test_slurm_sweep_requeued_runs_resume_and_match(tmp_path, slurm_cluster):
     pid, log = int((sweep / "launcher.pid").read_text()), sweep / "launcher.log"
     jobs: list[str] = []
     try:
-        logs = [sweep / j / "metrics.jsonl" for j in "01"]
-        _wait(lambda: all(p.is_file() and p.stat().st_size > 0 for p in logs), pid, log, "both runs to train")
-        jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(r"\d+_\d+", p.name))
-        assert len(jobs) == 2, jobs
-        # job 0: the signal SLURM sends signal_delay_s before the time limit; job 1: a requeue
-        subprocess.run(["scancel", "--signal=USR2", jobs[0]], check=True)
-        subprocess.run(["scontrol", "requeue", jobs[1]], check=True)
+        def job_of(k: int):   # run k's SLURM job (array task k) once it trains, else None
+            metrics = sweep / str(k) / "metrics.jsonl"
+            if not (metrics.is_file() and metrics.stat().st_size > 0):
+                return None
+            found = [p.name for p in (sweep / ".submitit").iterdir() if re.fullmatch(rf"\d+_{k}", p.name)]
+            return found[0] if found else None
+
+        # job 0: the signal SLURM sends signal_delay_s before the time limit; job 1: a requeue. Each is
+        # sent as soon as its own run trains: a run that starts first must not finish before it.
+        actions, acted = {0: ["scancel", "--signal=USR2"], 1: ["scontrol", "requeue"]}, {}
+
+        def act():
+            for k in set(actions) - set(acted):
+                job = job_of(k)
+                if job is not None:
+                    subprocess.run([*actions[k], job], check=True)
+                    acted[k] = job
+            return len(acted) == len(actions)
+
+        _wait(act, pid, log, "both runs to train")
+        jobs = [acted[0], acted[1]]
         released = set()
 
         def requeued():   # a requeued job waits ~2 minutes to be eligible; let it start now
