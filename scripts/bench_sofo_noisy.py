@@ -77,6 +77,20 @@ def run_one(work: Path, task: str, model: str, method: str, seed: int, iteration
     return run_dir
 
 
+def split_overrides(text: str) -> list[str]:
+    """``a=1,b={x: 1, y: 2}`` -> ``["a=1", "b={x: 1, y: 2}"]``: commas inside braces or brackets stay."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text):
+        if ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    return [*parts, text[start:]]
+
+
 def evaluations(run_dir: Path) -> dict[int, float]:
     out = {}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
@@ -155,7 +169,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     for spec in args.define:
         name, _, overrides = spec.partition("=")
-        METHODS[name] = overrides.split(",")
+        METHODS[name] = split_overrides(overrides)
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         ap.error(f"--methods {unknown}: choose from {list(METHODS)} or --define them")

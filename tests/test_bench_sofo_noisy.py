@@ -31,3 +31,10 @@ def test_quick_battery_runs_every_method_and_reads_its_evaluations(tmp_path):
     assert any("train/sofo/step_scale" in r for r in logged)          # the flag reached the optimizer
     plain = next(tmp_path.glob("*-sofo-s0-*"))
     assert not any("train/sofo/step_scale" in json.loads(line) for line in (plain / "metrics.jsonl").read_text().splitlines())
+
+
+def test_a_defined_method_keeps_the_commas_inside_a_mapping():
+    split = _bench().split_overrides
+    assert split("optim=sofo,optim.plateau={window: 5, patience: 1},optim.lr=0.1") == [
+        "optim=sofo", "optim.plateau={window: 5, patience: 1}", "optim.lr=0.1"]
+    assert split("optim=sofo,optim.damping_range=[1e-4, 1.0]") == ["optim=sofo", "optim.damping_range=[1e-4, 1.0]"]

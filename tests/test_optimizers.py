@@ -1,6 +1,7 @@
 """One battery over every optimizer config (as optax's alias tests do): on a plain network and
 through the arm, each jitted update is finite, moves the parameters, and hands the next update a
-state of the same structure, shapes and dtypes, so that the update is traced once and never again.
+state of the same structure, shapes and dtypes, so that the update is traced once and never again;
+on the plain network each also shrinks its step when the loss stalls (``optim.plateau``).
 
 The cases are generated from conf/: every optimizer × a plain-network task (kalman, model=rnn),
 and every optimizer × every model through the arm, the arm task alternating between the
@@ -34,6 +35,11 @@ ARM_TASKS = sorted(t for t in options("task")
 PLAIN = "kalman"                                      # a plain network: no plant, episodic
 TINY_OPTIM = {"sofo": ["optim.n_tangents=4"], "fgd": ["optim.n_tangents=4"], "tbptt": ["optim.truncation=4"]}
 UPDATES = 3
+# optim.plateau (sofo_lab/optim/transforms.py) on the plain network, with a window of one update and a
+# tolerance no later update meets: the scale halves at every parameter update after the first. The
+# online methods update at every time step (8 per trial here), truncated BPTT at every window of 4.
+HALVE_EVERY_UPDATE = "optim.plateau={window: 1, patience: 1, rtol: 0.999, factor: 0.5, min_scale: 0.0}"
+UPDATES_PER_ITERATION = {"uoro": 8, "rtrl": 8, "tbptt": 2}
 
 # every optimizer on the plain network; every optimizer × model through the arm, the arm task
 # chosen so that each optimizer and each model meets every arm task (a Latin square)
@@ -64,8 +70,9 @@ def _spec(tree):
 
 @pytest.mark.parametrize("task,model,optim", CASES)
 def test_every_optimizer_update_is_finite_moves_the_parameters_and_is_traced_once(task, model, optim):
+    plateau = [HALVE_EVERY_UPDATE] if task == PLAIN else []
     cfg = compose_config([f"task={task}", f"model={model}", f"optim={optim}", "task.n_steps=8", "batch_size=2",
-                          "model.n_hidden=4", "logger=none", *TINY_OPTIM.get(optim, [])])
+                          "model.n_hidden=4", "logger=none", *TINY_OPTIM.get(optim, []), *plateau])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")                   # tiny trials are compressed, with a warning
         setup = build(cfg)
@@ -86,6 +93,9 @@ def test_every_optimizer_update_is_finite_moves_the_parameters_and_is_traced_onc
             assert bool(jnp.all(jnp.isfinite(leaf)))
         assert _spec(ts) == spec0, f"update {i} changed the state's structure, shapes or dtypes"
         assert int(ts.iteration) == i + 1
+        if plateau:   # the step shrinks when the loss stalls: halved at every parameter update after the first
+            n = (i + 1) * UPDATES_PER_ITERATION.get(optim, 1)
+            assert float(metrics["lr_scale"]) == pytest.approx(0.5 ** (n - 1), rel=1e-6), (optim, i)
     assert len(traces) == 1, f"traced {len(traces)} times in {UPDATES} updates"
     if hasattr(step, "_cache_size"):
         assert step._cache_size() == 1

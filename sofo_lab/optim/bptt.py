@@ -24,6 +24,7 @@ class BpttState(NamedTuple):
 
 def bptt(system, transform: optax.GradientTransformation) -> Optimizer:
     """Full backprop-through-time with ``transform`` as the parameter update."""
+    transform = optax.with_extra_args_support(transform)   # update(..., value=loss): optim.plateau
 
     def init_fn(params):
         return BpttState(transform.init(params))
@@ -37,7 +38,7 @@ def bptt(system, transform: optax.GradientTransformation) -> Optimizer:
             return losses.sum(), final
 
         (loss, final), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, inner = transform.update(grads, state.inner, params)
+        updates, inner = transform.update(grads, state.inner, params, value=loss)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": loss, "grad_norm": tree_norm(grads), "update_norm": tree_norm(updates)}
         return params, BpttState(inner), final, metrics

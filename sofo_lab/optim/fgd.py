@@ -48,6 +48,7 @@ def fgd(system, transform: optax.GradientTransformation, *, n_tangents: int = 64
     Every argument is checked here, for the command line and the library alike (``names`` names them
     as the caller does, ``checks.named``); K <= P (``orthonormalize``) by ``init``. P is read from
     the parameters."""
+    transform = optax.with_extra_args_support(transform)   # update(..., value=loss): optim.plateau
     n_tangents, orthonormalize = _forward.check_tangents(n_tangents, orthonormalize, names)
     fast = checks.boolean(names("fast"), fast)
     sharding = _forward.lane_sharding(sharding, n_tangents, names)
@@ -62,7 +63,7 @@ def fgd(system, transform: optax.GradientTransformation, *, n_tangents: int = 64
         sketch = _forward.forward_sketch(system, params, tangents, batch, carry, with_ggn=False,
                                          stepper=stepper, sharding=sharding)
         grad = fgd_direction(tangents, sketch.c, _forward.n_params(params))
-        updates, inner = transform.update(grad, state.inner, params)
+        updates, inner = transform.update(grad, state.inner, params, value=sketch.loss)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": sketch.loss.astype(jnp.float32), "grad_norm": tree_norm(grad),
                    "update_norm": tree_norm(updates)}

@@ -90,6 +90,7 @@ def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int, up
 
     Every argument is checked here, for the command line and the library alike (``names`` names
     them as the caller does, ``checks.named``); the size of J by ``init``, which sees the parameters."""
+    transform = optax.with_extra_args_support(transform)   # update(..., value=loss): optim.plateau
     batch_size = checks.positive_int(names("batch_size"), batch_size)
     update_every = checks.positive_int(names("update_every"), update_every)
     max_jacobian = checks.positive_int(names("max_jacobian"), max_jacobian)
@@ -101,8 +102,8 @@ def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int, up
         return RtrlState(transform.init(params), jnp.zeros((S, P)), tree_zeros(params),
                          jnp.zeros((), jnp.int32))
 
-    def apply(params, inner, g_sum):
-        updates, inner = transform.update(g_sum, inner, params)
+    def apply(params, inner, g_sum, loss):
+        updates, inner = transform.update(g_sum, inner, params, value=loss)   # optim.plateau: this step's loss
         return optax.apply_updates(params, updates), inner, tree_zeros(g_sum)
 
     def body(carry, xs):
@@ -112,10 +113,10 @@ def rtrl(system, transform: optax.GradientTransformation, *, batch_size: int, up
         g_sum = jax.tree.map(jnp.add, g_sum, ravel_pytree(params)[1](g_flat))
         steps = steps + 1
         if update_every == 1:
-            params, inner, g_sum = apply(params, inner, g_sum)
+            params, inner, g_sum = apply(params, inner, g_sum, loss)
         else:
-            params, inner, g_sum = jax.lax.cond(steps % update_every == 0, apply, lambda *a: a,
-                                                params, inner, g_sum)
+            params, inner, g_sum = jax.lax.cond(steps % update_every == 0, apply, lambda *a: a[:3],
+                                                params, inner, g_sum, loss)
         return (params, inner, state, jac, g_sum, steps), (loss, jnp.linalg.norm(g_flat))
 
     def update_fn(params, opt_state, batch, key, carry):

@@ -156,10 +156,13 @@ def _select(flag, a, b):
 
 def _restart(fresh_inner, inner):
     """The optax state after a rejected or rolled-back step: the buffers (momentum, Adam's moments)
-    from ``fresh_inner``, the step counts from ``inner``. A stale momentum buffer would push the
-    loss up again; a restarted count would restart the learning-rate schedule at its peak (with
-    1-2 % of steps rejected, a cosine schedule never got past its first ~100 steps)."""
-    return jax.tree.map(lambda f, c: c if jnp.issubdtype(c.dtype, jnp.integer) else f, fresh_inner, inner)
+    from ``fresh_inner``, the step counts and the plateau state from ``inner``. A stale momentum
+    buffer would push the loss up again; a restarted count would restart the learning-rate schedule
+    at its peak (with 1-2 % of steps rejected, a cosine schedule never got past its first ~100
+    steps), and a restarted plateau state its scale at 1."""
+    plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)  # noqa: E731
+    return jax.tree.map(lambda f, c: c if plateau(c) or jnp.issubdtype(c.dtype, jnp.integer) else f,
+                        fresh_inner, inner, is_leaf=plateau)
 
 
 def check_damping(damping, names=checks.PLAIN) -> float:
@@ -208,6 +211,7 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     noise_aware = checks.boolean(names("noise_aware"), noise_aware)
     sharding = _forward.lane_sharding(sharding, n_tangents, names)
     stepper = _forward.stepper_for(system, fast=fast)
+    transform = optax.with_extra_args_support(transform)   # update(..., value=loss) for optim.plateau
 
     def init_fn(params):
         _forward.check_basis(params, n_tangents, orthonormalize, names)
@@ -228,7 +232,7 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
         else:
             z, s = damped_solve(sketch.ggn, sketch.c, lam)
         direction = _forward.combine(tangents, z)
-        updates, inner = transform.update(direction, state.inner, params)
+        updates, inner = transform.update(direction, state.inner, params, value=sketch.loss)
         new_params = optax.apply_updates(params, updates)
         with _forward._x64():
             c_norm = jnp.sqrt(jnp.sum(sketch.c ** 2)).astype(jnp.float32)

@@ -46,6 +46,7 @@ def _split(batch: Batch, start: int, n_windows: int, k: int) -> Batch:
 def tbptt(system, transform: optax.GradientTransformation, *, truncation: int,
           accumulate: bool = False) -> Optimizer:
     """Truncated BPTT over windows of ``truncation`` steps, ``transform`` as the update."""
+    transform = optax.with_extra_args_support(transform)   # update(..., value=loss): optim.plateau
 
     def init_fn(params):
         return TbpttState(transform.init(params))
@@ -63,7 +64,7 @@ def tbptt(system, transform: optax.GradientTransformation, *, truncation: int,
         if accumulate:
             g_acc = jax.tree.map(jnp.add, g_acc, grads)
         else:
-            updates, inner = transform.update(grads, inner, params)
+            updates, inner = transform.update(grads, inner, params, value=loss)
             params = optax.apply_updates(params, updates)
         return (params, inner, state, g_acc), (loss, tree_norm(grads))
 
@@ -82,7 +83,7 @@ def tbptt(system, transform: optax.GradientTransformation, *, truncation: int,
             losses, g_norms = jnp.append(losses, loss_r), jnp.append(g_norms, g_r)
         params, inner, state, g_acc = c
         if accumulate:
-            updates, inner = transform.update(g_acc, inner, params)
+            updates, inner = transform.update(g_acc, inner, params, value=losses.sum())
             params = optax.apply_updates(params, updates)
         metrics = {"loss": losses.sum(), "grad_norm": g_norms.mean()}
         return params, TbpttState(inner), state, metrics

@@ -2,12 +2,15 @@
 
 The optax keys every ``optim`` config may hold (``UPDATE_KEYS``): ``update`` (adam | sgd), ``lr``,
 ``b1``, ``b2``, ``eps``, ``momentum``, ``nesterov``, ``weight_decay``, ``clip_norm`` (global-norm
-clipping, null = off) and ``schedule`` (null | constant | cosine | exponential | warmup_cosine |
-inverse_sqrt, or ``{name: ..., ...}``). A key an optimizer's YAML does not list takes optax's
+clipping, null = off), ``schedule`` (null | constant | cosine | exponential | warmup_cosine |
+inverse_sqrt, or ``{name: ..., ...}``) and ``plateau`` (null | true | ``{factor: ..., ...}``: the
+step shrinks when the loss stalls, ``PLATEAU``). A key an optimizer's YAML does not list takes optax's
 default (Adam's b1 = 0.9, b2 = 0.999, eps = 1e-8; no momentum).
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import optax
 
 from sofo_lab.core.checks import positive as _positive
@@ -18,7 +21,13 @@ SCHEDULES = ("constant", "cosine", "exponential", "warmup_cosine", "inverse_sqrt
 SCHEDULE_KEYS = {"constant": (), "cosine": ("final_fraction",),
                  "exponential": ("transition_steps", "decay_rate", "end_value"),
                  "warmup_cosine": ("warmup_steps", "end_value"), "inverse_sqrt": ("alpha",)}
-UPDATE_KEYS = ("update", "lr", "b1", "b2", "eps", "momentum", "nesterov", "weight_decay", "clip_norm", "schedule")
+UPDATE_KEYS = ("update", "lr", "b1", "b2", "eps", "momentum", "nesterov", "weight_decay", "clip_norm", "schedule",
+               "plateau")
+# ``plateau: true``: optax.contrib.reduce_on_plateau on the loss the optimizer reports (each batch's loss
+# before its step: a held-out loss on a task that samples fresh trials), averaged over ``window``
+# iterations; after ``patience`` windows without a ``rtol`` relative improvement the step is multiplied
+# by ``factor``, down to ``min_scale`` (docs/sofo.md, "Noisy tasks").
+PLATEAU = {"factor": 0.5, "window": 50, "patience": 3, "rtol": 0.01, "min_scale": 0.01}
 UPDATES = ("adam", "sgd")
 
 
@@ -67,8 +76,46 @@ def make_schedule(cfg, iterations: int, steps_per_update: int = 1):
     raise ConfigError("optim.schedule", name, f"choose one of {list(SCHEDULES)} or null")
 
 
-def make_transform(cfg, iterations: int, steps_per_update: int = 1) -> optax.GradientTransformation:
-    """``chain(clip_by_global_norm?, adam|sgd(schedule))`` from the optax keys of an ``optim`` config.
+def plateau_metrics(opt_state) -> dict:
+    """``{"lr_scale": s}``: the factor ``optim.plateau`` has multiplied the step by so far (1 until the
+    loss first stalls), found anywhere in an optimizer's state; ``{}`` without a plateau."""
+    is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)  # noqa: E731
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_plateau) if is_plateau(x)]
+    return {"lr_scale": found[0].scale.astype(jnp.float32)} if found else {}
+
+
+def make_plateau(cfg) -> optax.GradientTransformationExtraArgs | None:
+    """``optim.plateau``: null/false = off, true = ``PLATEAU``, a mapping = ``PLATEAU`` with its keys changed."""
+    spec = cfg.get("plateau", None)
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        spec = {}
+    if not hasattr(spec, "items"):
+        raise ConfigError("optim.plateau", spec, f"must be null, true or a mapping of {list(PLATEAU)}")
+    unknown = sorted(set(spec) - set(PLATEAU))
+    if unknown:
+        raise ConfigError(f"optim.plateau.{unknown[0]}", spec[unknown[0]], f"unknown key; plateau takes {list(PLATEAU)}")
+    opts = {**PLATEAU, **{k: v for k, v in dict(spec).items() if v is not None}}
+    for key in ("factor", "rtol"):
+        value = opts[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise ConfigError(f"optim.plateau.{key}", value, "must be a number in (0, 1)")
+    for key in ("window", "patience"):
+        value = opts[key]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"optim.plateau.{key}", value, "must be an integer >= 1")
+    value = opts["min_scale"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ConfigError("optim.plateau.min_scale", value, "must be a number in [0, 1]")
+    return optax.contrib.reduce_on_plateau(factor=float(opts["factor"]), patience=opts["patience"],
+                                           rtol=float(opts["rtol"]), accumulation_size=opts["window"],
+                                           min_scale=float(opts["min_scale"]))
+
+
+def make_transform(cfg, iterations: int, steps_per_update: int = 1) -> optax.GradientTransformationExtraArgs:
+    """``chain(clip_by_global_norm?, adam|sgd(schedule), reduce_on_plateau?)`` from the optax keys of an
+    ``optim`` config. Its ``update`` takes ``value=`` (the loss; only ``plateau`` reads it).
 
     ``cfg`` is a mapping holding only ``UPDATE_KEYS`` (an optimizer's ``from_config`` passes the
     keys it does not consume itself): any other key is an unknown key of the ``optim`` config.
@@ -95,4 +142,5 @@ def make_transform(cfg, iterations: int, steps_per_update: int = 1) -> optax.Gra
     if clip is not None:
         positive(cfg, "clip_norm")
         base = optax.chain(optax.clip_by_global_norm(float(clip)), base)
-    return base
+    plateau = make_plateau(cfg)
+    return optax.chain(base, plateau) if plateau is not None else optax.with_extra_args_support(base)

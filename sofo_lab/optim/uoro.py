@@ -93,6 +93,7 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
     step for (∂F/∂s)s̃ and the output tangent that gives δs · s̃ (XLA computes the shared forward
     once); ‖ν‖ = √dim s exactly.
     """
+    transform = optax.with_extra_args_support(transform)   # update(..., value=loss): optim.plateau
     batch_size = checks.positive_int(names("batch_size"), batch_size)
     update_every = checks.positive_int(names("update_every"), update_every)
     eps = checks.positive(names("eps"), eps)
@@ -102,8 +103,8 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
         return UoroState(transform.init(params), tree_zeros(system.init_state(params, batch_size)),
                          zeros_p, zeros_p, jnp.zeros((), jnp.int32))
 
-    def apply(params, inner, g_sum):
-        updates, inner = transform.update(g_sum, inner, params)
+    def apply(params, inner, g_sum, loss):
+        updates, inner = transform.update(g_sum, inner, params, value=loss)   # optim.plateau: this step's loss
         return optax.apply_updates(params, updates), inner, tree_zeros(g_sum)
 
     def step_fn(key, start, block, words, n_state):
@@ -127,11 +128,11 @@ def uoro(system, transform: optax.GradientTransformation, *, batch_size: int, up
             th_t = jax.tree.map(lambda a, b: a / rho0 + b / rho1, th_t, d_theta_g)
             steps = steps + 1
             if update_every == 1:   # no accumulator: g̃ goes straight to optax
-                params, inner, _ = apply(params, inner, g)
+                params, inner, _ = apply(params, inner, g, loss)
             else:
                 g_sum = jax.tree.map(jnp.add, g_sum, g)
-                params, inner, g_sum = jax.lax.cond(steps % update_every == 0, apply, lambda *a: a,
-                                                    params, inner, g_sum)
+                params, inner, g_sum = jax.lax.cond(steps % update_every == 0, apply, lambda *a: a[:3],
+                                                    params, inner, g_sum, loss)
             # Running sums, not stacked per-step outputs: memory stays constant in the horizon.
             return (params, inner, new_state, s_t, th_t, g_sum, steps, bits, loss_sum + loss), None
 

@@ -17,6 +17,7 @@ import numpy as np
 
 from sofo_lab.core.errors import ConfigError
 from sofo_lab.core.system import GeneratedBatch, StepInput, rollout
+from sofo_lab.optim.transforms import plateau_metrics
 from sofo_lab.train.assemble import Setup
 from sofo_lab.train.state import TrainState, run_keys
 
@@ -75,7 +76,7 @@ def make_train_step(setup: Setup, seed: int, batch_size: int):
             batch = host_batch._replace(noise=system.sample_noise(k_noise, host_batch.n_steps, batch_size))
         params, opt_state, carry, metrics = optimizer.update(ts.params, ts.opt_state, batch, k_opt, ts.carry)
         data_state, extra = task.online_metrics(data_state, metrics, params)   # streams: online scores
-        metrics = {**metrics, **extra}
+        metrics = {**metrics, **extra, **plateau_metrics(opt_state)}
         # an optimizer that undid its last step because this batch was non-finite (SOFO's adaptive
         # damping) says so with ``rolled_back``: its parameters are the good ones before that step
         finite = jnp.isfinite(metrics["loss"]) | (metrics.get("rolled_back", 0.0) > 0)
