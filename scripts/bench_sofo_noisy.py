@@ -3,8 +3,9 @@
 Each run is a real ``sofo-run --config-dir conf task=<task> model=<model> ...`` from
 scripts/user_battery/ (tasks and a low-rank model written only against docs/library.md), for
 
-    sofo              the defaults of conf/optim/sofo.yaml
-    sofo_noise_aware  the same with optim.noise_aware=true (docs/sofo.md, "Noisy tasks")
+    sofo              the defaults of conf/optim/sofo.yaml (the step shrinks when the loss stalls)
+    sofo_constant     the same with optim.plateau=null: a constant step, the default before issue 19
+    sofo_noise_aware  the defaults with optim.noise_aware=true (docs/sofo.md, "Noisy tasks")
     adam              Adam on full BPTT at its defaults (lr 1e-3)
 
 over several seeds, with the held-out loss (``eval/loss``, 64 fixed trials) every 100 iterations.
@@ -46,6 +47,7 @@ CASES = [
 ]
 METHODS = {
     "sofo": ["optim=sofo"],
+    "sofo_constant": ["optim=sofo", "optim.plateau=null"],   # the default before issue 19: a constant step
     "sofo_noise_aware": ["optim=sofo", "optim.noise_aware=true"],
     "adam": ["optim=adam"],
 }
@@ -75,6 +77,20 @@ def run_one(work: Path, task: str, model: str, method: str, seed: int, iteration
     if not summary.is_file():
         raise RuntimeError(f"{' '.join(args[1:])} (exit {proc.returncode}) wrote no summary:\n{proc.stderr[-2000:]}")
     return run_dir
+
+
+def reusable_runs(paths: list[str], iterations: int) -> dict:
+    """``{(task, model, method, seed): run record}`` from earlier records of this benchmark at the same
+    iteration count; each record says where it came from (``reused``)."""
+    found = {}
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        if record["iterations"] != iterations:
+            continue
+        for run in record["runs"]:
+            found[(run["task"], run["model"], run["method"], run["seed"])] = {
+                **run, "evals": {int(k): v for k, v in run["evals"].items()}, "reused": str(path)}
+    return found
 
 
 def split_overrides(text: str) -> list[str]:
@@ -164,6 +180,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--work", default=str(REPO / "outputs" / "bench_sofo_noisy"))
     ap.add_argument("--out", default=None, help="record path (default docs/results/sofo_noisy_<iterations>.json)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes, one noisy case, one seed (the suite)")
+    ap.add_argument("--reuse", nargs="+", default=[], metavar="RECORD.json",
+                    help="take the runs these records hold (same task, model, method, seed, iterations) "
+                         "instead of running them again: a run is a pure function of its command and seed")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: the table and record of the runs already finished under --work")
     args = ap.parse_args(argv)
@@ -179,6 +198,9 @@ def main(argv=None) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     jobs = [(t, m, cls, meth, s) for t, m, cls in cases for meth in args.methods for s in args.seeds]
+    reused = reusable_runs(args.reuse, args.iterations)
+    reused = {j: reused[(j[0], j[1], j[3], j[4])] for j in jobs if (j[0], j[1], j[3], j[4]) in reused}
+    jobs_to_run = [j for j in jobs if j not in reused]
     def attempt(j):
         if args.report_only:
             run_dir = work / f"{j[0]}-{j[1]}-{j[3]}-s{j[4]}-{args.iterations}"
@@ -192,11 +214,16 @@ def main(argv=None) -> dict:
             return None
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        dirs = list(pool.map(attempt, jobs))
-    if args.quick and None in dirs:
+        dirs = dict(zip(jobs_to_run, pool.map(attempt, jobs_to_run)))
+    if args.quick and None in dirs.values():
         sys.exit("a run failed (above)")
     records = []
-    for (task, model, cls, method, seed), run_dir in zip(jobs, dirs):
+    for job in jobs:
+        task, model, cls, method, seed = job
+        if job in reused:
+            records.append({**reused[job], "class": cls})
+            continue
+        run_dir = dirs[job]
         if run_dir is None:
             continue
         evals = evaluations(run_dir)

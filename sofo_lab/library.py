@@ -47,6 +47,7 @@ from sofo_lab.optim import fgd as _fgd
 from sofo_lab.optim import rtrl as _rtrl
 from sofo_lab.optim import sofo as _sofo
 from sofo_lab.optim import uoro as _uoro
+from sofo_lab.optim.transforms import make_plateau
 
 LOSS_NAMES = {"mse": "mse", "xent": "xent", "cross_entropy": "xent", "softmax_cross_entropy": "xent"}
 
@@ -195,12 +196,13 @@ def _defaults(factory) -> dict:
 
 
 _SOFO, _FGD, _UORO, _RTRL = (_defaults(f) for f in (_sofo.sofo, _fgd.fgd, _uoro.uoro, _rtrl.rtrl))
+SOFO_PLATEAU = True   # conf/optim/sofo.yaml's ``plateau`` (tests/test_library.py checks they agree)
 
 
 def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int = _SOFO["n_tangents"],
          damping: float = _SOFO["damping"], orthonormalize: bool = _SOFO["orthonormalize"],
          adaptive_damping: bool = _SOFO["adaptive_damping"], damping_range=_SOFO["damping_range"],
-         noise_aware: bool = _SOFO["noise_aware"], stream: bool = False,
+         noise_aware: bool = _SOFO["noise_aware"], plateau=SOFO_PLATEAU, stream: bool = False,
          batch_size: int | None = None) -> RecurrentOptimizer:
     """SOFO (Yu et al. 2024): a damped Gauss-Newton step in a fresh random K-dim subspace,
 
@@ -212,12 +214,17 @@ def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int
     Levenberg-Marquardt λ within ``damping_range`` (docs/sofo.md). ``noise_aware``: λ (at least the
     damping) and the step's length (at most ``learning_rate``; 1 with ``tx`` or a schedule) chosen
     from the batch's per-trial gradients to maximize an unbiased estimate of the decrease on
-    held-out trials (docs/sofo.md, "Noisy tasks"). Memory is constant in T. The arguments are
-    checked by ``sofo_lab.optim.sofo.sofo``, the same factory ``sofo-run`` uses.
+    held-out trials (docs/sofo.md, "Noisy tasks"). ``plateau`` (``True``, a dict of
+    ``sofo_lab.optim.transforms.PLATEAU``'s keys, or ``None``): the step, ``tx``'s included, shrinks
+    when the loss of the batches stalls, as ``optim.plateau`` does (docs/sofo.md, "Noisy tasks"); the
+    default is ``sofo-run``'s. Memory is constant in T. The arguments are checked by
+    ``sofo_lab.optim.sofo.sofo``, the same factory ``sofo-run`` uses.
     """
     system = make_system(step, loss, init_state)
     length = float(learning_rate) if tx is None and isinstance(learning_rate, (int, float)) else 1.0
     tx = _transform(tx, learning_rate, optax.sgd)
+    shrink = make_plateau({"plateau": plateau}, prefix="")
+    tx = optax.chain(tx, shrink) if shrink is not None else tx
     engine = _sofo.sofo(system, tx, n_tangents=n_tangents, damping=damping, orthonormalize=orthonormalize,
                         fast=False, adaptive_damping=adaptive_damping, damping_range=damping_range,
                         noise_aware=noise_aware, step_length=length)

@@ -1,4 +1,6 @@
 """The public library (sofo_lab/library.py): plain functions in, the engines' exact numbers out."""
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -260,6 +262,8 @@ def _update_once(opt, weights=None):
         setup()[0], None, setup()[1], jnp.zeros((T + 1, B, O)), jax.random.PRNGKey(0)), "targets='shape (5, 3, 2)'"),
     (lambda: _update_once(sofo_lab.sofo(gru_like, poisson, init_state={"h": jnp.zeros(N)}, learning_rate=0.1),
                           weights=jnp.ones((T, B, O))), "weights='shape (3, 2)': a custom loss takes one weight"),
+    (lambda: sofo_lab.sofo(gru_like, "mse", init_state=jnp.zeros(N), learning_rate=0.1, plateau={"factor": 2}),
+     "plateau.factor=2: must be a number in (0, 1)"),
 ])
 def test_bad_arguments_end_in_one_line_naming_them(call, message):
     with pytest.raises(ConfigError) as err:
@@ -273,3 +277,25 @@ def test_public_names_are_listed_and_importable():
             "PerSampleLoss", "load_params_npz"} <= set(sofo_lab.__all__)
     for name in sofo_lab.__all__:
         assert getattr(sofo_lab, name) is not None
+
+
+def test_the_library_sofo_shrinks_its_step_as_sofo_run_does():
+    """``plateau``'s default is conf/optim/sofo.yaml's, and it reaches the update: with a window of one
+    batch and a tolerance no batch meets, the second update is half the plain one."""
+    from omegaconf import OmegaConf
+
+    from sofo_lab.conf import CONF_DIR
+
+    yaml = OmegaConf.to_container(OmegaConf.load(Path(CONF_DIR) / "optim" / "sofo.yaml"))
+    assert sofo_lab.library.SOFO_PLATEAU == yaml["plateau"]
+    params, inputs, targets, weights = setup()
+    halve = {"window": 1, "patience": 1, "rtol": 0.999, "min_scale": 0.0}
+    moves = {}
+    for name, plateau in (("plain", None), ("halved", halve)):
+        opt = sofo_lab.sofo(gru_like, poisson, init_state={"h": jnp.zeros(N)}, learning_rate=0.1, plateau=plateau,
+                            adaptive_damping=False)
+        state = opt.init(params)
+        _, state, _ = opt.update(params, state, inputs, targets, jax.random.PRNGKey(1), weights)
+        new, _, _ = opt.update(params, state, inputs, targets, jax.random.PRNGKey(2), weights)
+        moves[name] = ravel_pytree(new)[0] - ravel_pytree(params)[0]
+    np.testing.assert_allclose(moves["halved"], 0.5 * moves["plain"], rtol=1e-5, atol=1e-9)

@@ -8,6 +8,10 @@ Each iteration, with a fresh key (independent of the data key):
     z  = U (S + λ s_max I)⁻¹ Uᵀ C         relative damping λ = optim.damping, s_max = max(S)
     θ ← θ + optax_update(V z)             SGD by default: θ ← θ − η V z
 
+With ``optim.plateau`` (sofo-run's default; optim/transforms.py) the optax update ends in
+``reduce_on_plateau`` on the batch's loss before the step: ``θ ← θ − s η V z``, the scale ``s``
+halved when that loss (held-out for fresh trials) stalls (docs/sofo.md, "Noisy tasks").
+
 G is the exact generalized Gauss-Newton matrix of the reported loss (sofo_lab/core/losses.py), so
 ``lr = 1`` is the full damped Gauss-Newton step inside span(V). Memory is constant in T.
 

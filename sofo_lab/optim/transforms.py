@@ -84,30 +84,31 @@ def plateau_metrics(opt_state) -> dict:
     return {"lr_scale": found[0].scale.astype(jnp.float32)} if found else {}
 
 
-def make_plateau(cfg) -> optax.GradientTransformationExtraArgs | None:
-    """``optim.plateau``: null/false = off, true = ``PLATEAU``, a mapping = ``PLATEAU`` with its keys changed."""
+def make_plateau(cfg, prefix: str = "optim.") -> optax.GradientTransformationExtraArgs | None:
+    """``optim.plateau``: null/false = off, true = ``PLATEAU``, a mapping = ``PLATEAU`` with its keys
+    changed. ``prefix`` names the key in errors (``"optim."`` for sofo-run, ``""`` for the library)."""
     spec = cfg.get("plateau", None)
     if spec is None or spec is False:
         return None
     if spec is True:
         spec = {}
     if not hasattr(spec, "items"):
-        raise ConfigError("optim.plateau", spec, f"must be null, true or a mapping of {list(PLATEAU)}")
+        raise ConfigError(f"{prefix}plateau", spec, f"must be null, true or a mapping of {list(PLATEAU)}")
     unknown = sorted(set(spec) - set(PLATEAU))
     if unknown:
-        raise ConfigError(f"optim.plateau.{unknown[0]}", spec[unknown[0]], f"unknown key; plateau takes {list(PLATEAU)}")
+        raise ConfigError(f"{prefix}plateau.{unknown[0]}", spec[unknown[0]], f"unknown key; plateau takes {list(PLATEAU)}")
     opts = {**PLATEAU, **{k: v for k, v in dict(spec).items() if v is not None}}
     for key in ("factor", "rtol"):
         value = opts[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
-            raise ConfigError(f"optim.plateau.{key}", value, "must be a number in (0, 1)")
+            raise ConfigError(f"{prefix}plateau.{key}", value, "must be a number in (0, 1)")
     for key in ("window", "patience"):
         value = opts[key]
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"optim.plateau.{key}", value, "must be an integer >= 1")
+            raise ConfigError(f"{prefix}plateau.{key}", value, "must be an integer >= 1")
     value = opts["min_scale"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ConfigError("optim.plateau.min_scale", value, "must be a number in [0, 1]")
+        raise ConfigError(f"{prefix}plateau.min_scale", value, "must be a number in [0, 1]")
     return optax.contrib.reduce_on_plateau(factor=float(opts["factor"]), patience=opts["patience"],
                                            rtol=float(opts["rtol"]), accumulation_size=opts["window"],
                                            min_scale=float(opts["min_scale"]))
