@@ -21,15 +21,12 @@ def _bench():
 def test_quick_battery_runs_every_method_and_reads_its_evaluations(tmp_path):
     bench = _bench()
     result = bench.main(["--quick", "--iterations", "8", "--work", str(tmp_path),
-                         "--methods", "sofo", "sofo_constant", "sofo_noise_aware"])
+                         "--methods", "sofo", "sofo_constant"])
     rows = {r["method"]: r for r in result["rows"]}
-    assert set(rows) == {"sofo", "sofo_constant", "sofo_noise_aware"}
+    assert set(rows) == {"sofo", "sofo_constant"}
     for run in result["runs"]:
         assert run["status"] == "completed" and sorted(run["evals"]) == [0, 2, 4, 6, 8]
         assert math.isfinite(run["end"]) and run["end"] == sum(run["evals"][i] for i in (4, 6, 8)) / 3
-    aware = next(tmp_path.glob("*-sofo_noise_aware-*"))
-    logged = [json.loads(line) for line in (aware / "metrics.jsonl").read_text().splitlines()]
-    assert any("train/sofo/step_scale" in r for r in logged)          # the flag reached the optimizer
     default, constant = (next(tmp_path.glob(f"*-{m}-s0-*")) for m in ("sofo", "sofo_constant"))
     logged = {m: [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
               for m, d in (("sofo", default), ("sofo_constant", constant))}
