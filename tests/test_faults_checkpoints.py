@@ -52,6 +52,22 @@ def test_a_corrupt_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     assert "checksum mismatch" in str(err.value)
 
 
+def test_a_key_added_later_with_a_null_default_does_not_block_the_resume(tmp_path):
+    """A run saved before ``optim.plateau`` existed resumes when today's config holds it as null (Adam's
+    default); with SOFO's default (true) it is a different config, named, and the same command with
+    ``optim.plateau=null`` resumes it with the constant step it was trained with."""
+    old = {"seed": 0, "optim": {"lr": 0.1, "clip_norm": None}}
+    checkpoint.save(tmp_path, _state(2), old)
+    assert int(checkpoint.resume_payload(tmp_path, {"seed": 0, "optim": {**old["optim"], "plateau": None}})
+               ["state"].iteration) == 2
+    with pytest.raises(ConfigError) as err:
+        checkpoint.resume_payload(tmp_path, {"seed": 0, "optim": {**old["optim"], "plateau": True}})
+    assert "optim.plateau: None -> True" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        checkpoint.resume_payload(tmp_path, {"seed": 0, "optim": {"lr": 0.2, "clip_norm": None}})
+    assert "optim.lr: 0.1 -> 0.2" in str(err.value)
+
+
 def test_a_checkpoint_written_before_the_layers_still_loads(tmp_path, monkeypatch):
     """A checkpoint pickles TrainState by its module's name: one written when that was
     sofo_lab.runner (before sofo_lab/ was split into layers) loads as today's TrainState."""

@@ -181,10 +181,13 @@ def newest_valid(run_dir: Path) -> str | None:
 
 def resume_payload(run_dir: Path, container: dict, quiet: bool = False):
     """The verified checkpoint to resume from, or None; ``ConfigError`` when it was written under a
-    different config (the differing keys named)."""
+    different config (the differing keys named). A key the saved config lacks and the new one holds
+    as null (a key added later with a null default, e.g. ``optim.plateau`` for Adam) is no difference."""
     saved = load(run_dir, quiet=quiet)
     if saved is not None and saved["config_hash"] != config_hash(container):
         diff = "; ".join(differences(saved["config"], config_fingerprint(container))[:4])
+        if not diff:
+            return saved
         raise ConfigError("hydra.run.dir", str(run_dir),
                           f"holds a checkpoint of a different config ({diff}); rerun with the same "
                           "overrides to resume, pick a new hydra.run.dir, or set resume=false")
