@@ -54,7 +54,7 @@ from sofo_lab.core.system import initial_state
 from sofo_lab.core.tree import tree_norm
 from sofo_lab.optim import _forward
 from sofo_lab.optim.base import Optimizer
-from sofo_lab.optim.transforms import make_transform
+from sofo_lab.optim.transforms import is_plateau_state, make_transform
 
 
 def damped_solve(ggn, c, damping: float):
@@ -164,9 +164,8 @@ def _restart(fresh_inner, inner):
     buffer would push the loss up again; a restarted count would restart the learning-rate schedule
     at its peak (with 1-2 % of steps rejected, a cosine schedule never got past its first ~100
     steps), and a restarted plateau state its scale at 1."""
-    plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)  # noqa: E731
-    return jax.tree.map(lambda f, c: c if plateau(c) or jnp.issubdtype(c.dtype, jnp.integer) else f,
-                        fresh_inner, inner, is_leaf=plateau)
+    return jax.tree.map(lambda f, c: c if is_plateau_state(c) or jnp.issubdtype(c.dtype, jnp.integer) else f,
+                        fresh_inner, inner, is_leaf=is_plateau_state)
 
 
 def check_damping(damping, names=checks.PLAIN) -> float:

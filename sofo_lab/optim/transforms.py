@@ -76,11 +76,15 @@ def make_schedule(cfg, iterations: int, steps_per_update: int = 1):
     raise ConfigError("optim.schedule", name, f"choose one of {list(SCHEDULES)} or null")
 
 
+def is_plateau_state(x) -> bool:
+    """An ``optim.plateau`` state inside an optimizer's state (a leaf for ``jax.tree`` maps)."""
+    return isinstance(x, optax.contrib.ReduceLROnPlateauState)
+
+
 def plateau_metrics(opt_state) -> dict:
     """``{"lr_scale": s}``: the factor ``optim.plateau`` has multiplied the step by so far (1 until the
     loss first stalls), found anywhere in an optimizer's state; ``{}`` without a plateau."""
-    is_plateau = lambda x: isinstance(x, optax.contrib.ReduceLROnPlateauState)  # noqa: E731
-    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_plateau) if is_plateau(x)]
+    found = [x for x in jax.tree.leaves(opt_state, is_leaf=is_plateau_state) if is_plateau_state(x)]
     return {"lr_scale": found[0].scale.astype(jnp.float32)} if found else {}
 
 
