@@ -249,6 +249,7 @@ def test_orthonormal_basis_needs_at_most_p_tangents(tmp_path, monkeypatch):
 @pytest.mark.parametrize("optim,argument,override,value", [
     ("sofo", "n_tangents", "n_tangents", 0), ("sofo", "damping", "damping", -1.0),
     ("sofo", "damping_range", "damping_range", [1.0, 0.1]), ("sofo", "adaptive_damping", "adaptive_damping", "yes"),
+    ("sofo", "trust_radius", "trust_radius", 0.0),
     ("fgd", "orthonormalize", "orthonormalize", "maybe"), ("uoro", "update_every", "update_every", 0),
     ("uoro", "eps", "epsilon", -1.0), ("rtrl", "max_jacobian", "max_jacobian", 0),
     ("fgd", "learning_rate", "lr", -1.0)])

@@ -69,6 +69,54 @@ def damped_solve(ggn, c, damping: float):
     return z, s
 
 
+# λ candidates of the trust-region solve: the damping in use times 10^(0, ¼, ½, …, 12)
+TRUST_GRID = tuple(10.0 ** (i / 4) for i in range(49))
+
+
+def tangent_gram(tangents):
+    """``VᵀV`` ([K, K], float64) of tangents whose leaves are ``[K, *leaf.shape]``."""
+    with _forward._x64():
+        return sum(jnp.tensordot(v.astype(jnp.float64), v.astype(jnp.float64), axes=(tuple(range(1, v.ndim)),) * 2)
+                   for v in jax.tree.leaves(tangents))
+
+
+class TrustStep(NamedTuple):
+    z: jax.Array             # [K] subspace coefficients of the step (float64)
+    s: jax.Array             # [K] eigenvalues of G̃
+    damping: jax.Array       # the λ taken (>= the damping in use)
+
+
+def trust_solve(ggn, c, gram, damping, radius: float) -> TrustStep:
+    """The damped Gauss-Newton step no longer than ``radius`` in parameter space: the smallest
+    ``λ' = damping × TRUST_GRID[i]`` with ``‖V z(λ')‖ <= radius``, ``z(λ') = (G̃ + λ' s_max I)⁻¹ C``.
+
+    This is the trust-region subproblem's solution restricted to span(V) (Nocedal & Wright,
+    Numerical Optimization, 2nd ed., Thm 4.1: the step of norm ≤ Δ minimizing the quadratic model is
+    ``(B + μI)⁻¹(−g)`` for the μ ≥ 0 that makes its norm Δ), on a grid of λ a quarter decade apart.
+    Unlike clipping the direction (``clip_norm``), which shortens ``z(λ)`` as it is, a larger λ
+    shortens it mostly along G̃'s small-curvature directions, those the batch determines worst.
+    ``‖V z‖² = zᵀ (VᵀV) z`` with ``gram = VᵀV``. If even the largest λ' is too long, ``z`` is scaled to
+    the radius."""
+    with _forward._x64():
+        s, u = jnp.linalg.eigh(ggn)
+        s = jnp.abs(s)
+        s_max = jnp.max(s)
+        proj = u.T @ c                                                    # [K]
+        lams = damping * jnp.asarray(TRUST_GRID, jnp.float64)              # [L]
+        d = s[None, :] + lams[:, None] * s_max                            # [L, K]
+        w = jnp.where(d > 0, proj / jnp.where(d > 0, d, 1.0), 0.0)        # [L, K]
+        norms = jnp.sqrt(jnp.maximum(jnp.einsum("lk,kj,lj->l", w, u.T @ gram @ u, w), 0.0))   # [L]
+        ok = norms <= radius
+        first = ok & (jnp.cumsum(ok.astype(jnp.int32)) == 1)
+        last = jnp.arange(len(TRUST_GRID)) == len(TRUST_GRID) - 1
+        pick = jnp.where(jnp.any(ok), first, last)
+        w, lam, norm = (jnp.sum(jnp.where(pick[:, None], w, 0.0), axis=0),
+                        jnp.sum(jnp.where(pick, lams, 0.0)), jnp.sum(jnp.where(pick, norms, 0.0)))
+        w = jnp.where(norm > radius, w * radius / norm, w)
+        z = u @ w
+    return TrustStep(z, s, lam)
+
+
 # λ candidates of the noise-aware solve: the Levenberg-Marquardt λ times 10^(0, ½, 1, …, 6)
 NOISE_GRID = tuple(10.0 ** (i / 2) for i in range(13))
 
@@ -175,6 +223,19 @@ def check_damping(damping, names=checks.PLAIN) -> float:
     return float(damping)
 
 
+def check_trust_radius(radius, noise_aware: bool, names=checks.PLAIN) -> float | None:
+    """``None`` (off) or a finite number > 0; the noise-aware solve sets its own step length."""
+    if radius is None:
+        return None
+    if isinstance(radius, bool) or not isinstance(radius, (int, float)) or not 0 < radius < math.inf:
+        raise ConfigError(names("trust_radius"), radius, "must be null (off) or a finite number > 0 (the longest "
+                          "direction V z, in parameter norm)")
+    if noise_aware:
+        raise ConfigError(names("trust_radius"), radius, f"must be null when {names('noise_aware')} is true "
+                          "(the noise-aware solve chooses the step's length itself)")
+    return float(radius)
+
+
 def check_damping_range(bounds, names=checks.PLAIN) -> tuple[float, float]:
     """``[min, max]`` of the adaptive λ, with 0 < min <= max < ∞."""
     if not (isinstance(bounds, (list, tuple)) and len(bounds) == 2
@@ -187,7 +248,7 @@ def check_damping_range(bounds, names=checks.PLAIN) -> tuple[float, float]:
 def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-3,
          orthonormalize: bool = False, sharding=_forward.LaneSharding(), fast: bool = True,
          adaptive_damping: bool = False, damping_range=(1e-6, 1.0), noise_aware: bool = False,
-         step_length: float = 1.0, names=checks.PLAIN) -> Optimizer:
+         step_length: float = 1.0, trust_radius: float | None = None, names=checks.PLAIN) -> Optimizer:
     """SOFO with ``transform`` (an optax transformation) applied to the direction ``V z``.
 
     Every argument is checked here, once, for the command line (``from_config``) and the library
@@ -205,6 +266,9 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     ``noise_aware_solve``'s: λ (at least the damping in use) and the step's length (at most
     ``step_length``, the learning rate) chosen to maximize an unbiased estimate of the decrease on
     trials the step was not fitted to. Off, the step is the exact damped Gauss-Newton step.
+
+    ``trust_radius``: the direction ``V z`` is at most this long, by a larger λ for this step
+    (``trust_solve``; ``sofo/trust_damping`` is the λ taken); ``None``: off.
     """
     n_tangents, orthonormalize = _forward.check_tangents(n_tangents, orthonormalize, names)
     damping = check_damping(damping, names)
@@ -212,6 +276,7 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     adaptive_damping = checks.boolean(names("adaptive_damping"), adaptive_damping)
     damping_min, damping_max = check_damping_range(damping_range, names)
     noise_aware = checks.boolean(names("noise_aware"), noise_aware)
+    trust_radius = check_trust_radius(trust_radius, noise_aware, names)
     sharding = _forward.lane_sharding(sharding, n_tangents, names)
     stepper = _forward.stepper_for(system, fast=fast)
     transform = optax.with_extra_args_support(transform)   # update(..., value=loss) for optim.plateau
@@ -232,6 +297,10 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
             z, s = step.z, step.s
             metrics = {"sofo/noise_damping": step.damping.astype(jnp.float32),
                        "sofo/step_scale": step.scale.astype(jnp.float32)}
+        elif trust_radius is not None:
+            step = trust_solve(sketch.ggn, sketch.c, tangent_gram(tangents), lam, trust_radius)
+            z, s = step.z, step.s
+            metrics = {"sofo/trust_damping": step.damping.astype(jnp.float32)}
         else:
             z, s = damped_solve(sketch.ggn, sketch.c, lam)
         direction = _forward.combine(tangents, z)
@@ -306,13 +375,14 @@ def _step_length(update: dict) -> float:
 
 
 def from_config(system, *, iterations: int, n_tangents, damping, orthonormalize, adaptive_damping, damping_range,
-                shard, fast, noise_aware=False, **update) -> Optimizer:
+                shard, fast, noise_aware=False, trust_radius=None, **update) -> Optimizer:
     """``optim=sofo`` (conf/optim/sofo.yaml holds every default): ``sofo`` with the optax keys in
     ``update`` (``lr``, ``update``, ..., sofo_lab/optim/transforms.py), which checks each key.
 
-    ``noise_aware`` has a default here only so that runs saved before the key existed still load.
+    ``noise_aware`` and ``trust_radius`` have defaults here only so that runs saved before the keys
+    existed still load.
     """
     return sofo(system, make_transform(update, iterations), n_tangents=n_tangents, damping=damping,
                 orthonormalize=orthonormalize, sharding=shard, fast=fast, adaptive_damping=adaptive_damping,
                 damping_range=damping_range, noise_aware=noise_aware, step_length=_step_length(update),
-                names=checks.CONFIG)
+                trust_radius=trust_radius, names=checks.CONFIG)
