@@ -202,7 +202,8 @@ SOFO_PLATEAU = True   # conf/optim/sofo.yaml's ``plateau`` (tests/test_library.p
 def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int = _SOFO["n_tangents"],
          damping: float = _SOFO["damping"], orthonormalize: bool = _SOFO["orthonormalize"],
          adaptive_damping: bool = _SOFO["adaptive_damping"], damping_range=_SOFO["damping_range"],
-         noise_aware: bool = _SOFO["noise_aware"], trust_radius=_SOFO["trust_radius"], plateau=SOFO_PLATEAU,
+         noise_aware: bool = _SOFO["noise_aware"], trust_radius=_SOFO["trust_radius"],
+         robust_trials=_SOFO["robust_trials"], plateau=SOFO_PLATEAU,
          stream: bool = False,
          batch_size: int | None = None) -> RecurrentOptimizer:
     """SOFO (Yu et al. 2024): a damped Gauss-Newton step in a fresh random K-dim subspace,
@@ -216,7 +217,9 @@ def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int
     damping) and the step's length (at most ``learning_rate``; 1 with ``tx`` or a schedule) chosen
     from the batch's per-trial gradients to maximize an unbiased estimate of the decrease on
     held-out trials (docs/sofo.md, "Noisy tasks"). ``trust_radius``: the direction ``V z`` at most
-    this long, by a larger λ for the step (a trust region, docs/sofo.md). ``plateau`` (``True``, a dict of
+    this long, by a larger λ for the step (a trust region, docs/sofo.md). ``robust_trials``: a trial
+    whose loss is above this many times the batch's median counts as that many median trials in
+    the step (docs/sofo.md). ``plateau`` (``True``, a dict of
     ``sofo_lab.optim.transforms.PLATEAU``'s keys, or ``None``): the step, ``tx``'s included, shrinks
     when the loss of the batches stalls, as ``optim.plateau`` does (docs/sofo.md, "Noisy tasks"); the
     default is ``sofo-run``'s. Memory is constant in T. The arguments are checked by
@@ -229,7 +232,8 @@ def sofo(step, loss, *, init_state, learning_rate=None, tx=None, n_tangents: int
     tx = optax.chain(tx, shrink) if shrink is not None else tx
     engine = _sofo.sofo(system, tx, n_tangents=n_tangents, damping=damping, orthonormalize=orthonormalize,
                         fast=False, adaptive_damping=adaptive_damping, damping_range=damping_range,
-                        noise_aware=noise_aware, step_length=length, trust_radius=trust_radius)
+                        noise_aware=noise_aware, step_length=length, trust_radius=trust_radius,
+                        robust_trials=robust_trials)
     return _optimizer(system, engine, stream=stream, batch_size=batch_size)
 
 

@@ -249,7 +249,7 @@ def test_orthonormal_basis_needs_at_most_p_tangents(tmp_path, monkeypatch):
 @pytest.mark.parametrize("optim,argument,override,value", [
     ("sofo", "n_tangents", "n_tangents", 0), ("sofo", "damping", "damping", -1.0),
     ("sofo", "damping_range", "damping_range", [1.0, 0.1]), ("sofo", "adaptive_damping", "adaptive_damping", "yes"),
-    ("sofo", "trust_radius", "trust_radius", 0.0),
+    ("sofo", "trust_radius", "trust_radius", 0.0), ("sofo", "robust_trials", "robust_trials", 1.0),
     ("fgd", "orthonormalize", "orthonormalize", "maybe"), ("uoro", "update_every", "update_every", 0),
     ("uoro", "eps", "epsilon", -1.0), ("rtrl", "max_jacobian", "max_jacobian", 0),
     ("fgd", "learning_rate", "lr", -1.0)])
@@ -358,7 +358,7 @@ SHARDED = textwrap.dedent("""
 
 
 def test_lanes_shard_across_two_host_devices_with_the_same_result():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"}
     result = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "ok" in result.stdout, result.stderr[-3000:]
 

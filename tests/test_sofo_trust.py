@@ -1,6 +1,8 @@
-"""SOFO's trust region (``optim.trust_radius``, docs/sofo.md): the step is the damped Gauss-Newton
-step of the smallest grid λ whose direction ``V z`` fits in the radius, checked against numpy's
-solve in float64; a radius that never binds gives the plain damped step."""
+"""SOFO's guards for closed loops that blow up on some trials (docs/sofo.md): the trust region
+(``optim.trust_radius``: the damped Gauss-Newton step of the smallest grid λ whose direction ``V z``
+fits in the radius, checked against numpy's solve in float64; a radius that never binds gives the
+plain damped step) and robust trial weights (``optim.robust_trials``: the plain step of the batch
+reweighted by hand)."""
 from __future__ import annotations
 
 import jax
@@ -12,7 +14,8 @@ import pytest
 from sofo_lab.core.losses import MeanSquaredError
 from sofo_lab.core.system import Batch, ModelSystem
 from sofo_lab.models.rnn import RateRNN
-from sofo_lab.optim.sofo import TRUST_GRID, damped_solve, sofo, tangent_gram, trust_solve
+from sofo_lab.optim.sofo import (TRUST_GRID, _primal_loss, damped_solve, robust_weights, sofo, tangent_gram,
+                                 trial_losses, trust_solve)
 
 K, P = 6, 40
 
@@ -91,3 +94,48 @@ def test_sofo_steps_no_longer_than_lr_times_the_radius_and_equals_plain_sofo_whe
     else:
         assert float(metrics["sofo/trust_damping"]) > 1e-6
         assert float(ref_metrics["update_norm"]) > lr * radius
+
+
+def test_robust_weights_cap_a_trial_at_cap_times_the_median_and_zero_a_non_finite_one():
+    losses = jnp.asarray([1.0, 2.0, 3.0, 4.0, 100.0, jnp.inf])
+    w = np.asarray(robust_weights(losses, 10.0))           # median of the finite ones: 3
+    np.testing.assert_allclose(w, [1.0, 1.0, 1.0, 1.0, 30.0 / 100.0, 0.0])
+
+
+def test_trial_losses_sum_to_the_loss_and_a_reweighted_batch_scales_each_trial():
+    system, params, batch = _network_problem()
+    losses = trial_losses(system, params, batch, None)
+    assert losses.shape == (16,)
+    np.testing.assert_allclose(losses.sum(), _primal_loss(system, params, batch, None), rtol=1e-5)
+    scale = jnp.arange(16.0) / 7
+    np.testing.assert_allclose(trial_losses(system, params, batch.reweighted(scale), None), scale * losses, rtol=1e-5)
+    for b in (1, 5):   # trial b alone: the other trials' weights set to 0 by hand
+        alone = batch._replace(weights=batch.weights * (jnp.arange(16) == b))
+        np.testing.assert_allclose(losses[b], _primal_loss(system, params, alone, None), rtol=1e-5)
+
+
+def test_robust_sofo_takes_the_plain_step_of_the_batch_reweighted_by_hand():
+    """A trial with 100x the others' error: robust SOFO equals plain SOFO on the batch whose weights
+    were scaled by ``robust_weights`` by hand, reports the task's loss, and a batch without an
+    outlier gives the plain step."""
+    system, params, batch = _network_problem()
+    targets = batch.targets.at[:, 3].multiply(100.0)
+    loud = batch._replace(targets=targets)
+    key = jax.random.PRNGKey(4)
+    robust = sofo(system, optax.sgd(0.5), n_tangents=8, damping=1e-3, robust_trials=10.0)
+    plain = sofo(system, optax.sgd(0.5), n_tangents=8, damping=1e-3)
+    weights = robust_weights(trial_losses(system, params, loud, None), 10.0)
+    assert float(weights[3]) < 0.1 and float(jnp.min(jnp.delete(weights, 3))) == 1.0
+    new, _, _, metrics = robust.update(params, robust.init(params), loud, key, None)
+    ref, _, _, ref_metrics = plain.update(params, plain.init(params), loud.reweighted(weights), key, None)
+    for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert float(metrics["sofo/robust_loss"]) == pytest.approx(float(ref_metrics["loss"]), rel=1e-5)
+    assert float(metrics["loss"]) == pytest.approx(float(_primal_loss(system, params, loud, None)), rel=1e-5)
+    assert float(metrics["sofo/downweighted"]) == pytest.approx(1 / 16)
+    quiet, _, _, _ = robust.update(params, robust.init(params), batch, key, None)
+    same, _, _, _ = plain.update(params, plain.init(params), batch, key, None)
+    if float(jnp.max(trial_losses(system, params, batch, None))) < 10 * float(jnp.median(
+            trial_losses(system, params, batch, None))):
+        for a, b in zip(jax.tree.leaves(quiet), jax.tree.leaves(same)):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

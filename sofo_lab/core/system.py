@@ -62,6 +62,11 @@ class Batch(NamedTuple):
     def materialize(self) -> Batch:
         return self
 
+    def reweighted(self, trial_weights) -> Batch:
+        """The batch with trial ``b``'s loss weights scaled by ``trial_weights[b]`` (``[B]``)."""
+        w = self.weights                                                  # [T, B] or [T, B, O]
+        return self._replace(weights=w * trial_weights.astype(w.dtype).reshape((-1,) + (1,) * (w.ndim - 2)))
+
 
 @jax.tree_util.register_pytree_node_class
 class GeneratedBatch:
@@ -105,6 +110,18 @@ class GeneratedBatch:
     def materialize(self) -> Batch:
         _, (x, targets, weights) = self.scan(lambda c, xs: (c, xs), None)
         return Batch(x.u, targets, weights, x.noise)
+
+    def reweighted(self, trial_weights) -> GeneratedBatch:
+        """The batch with trial ``b``'s loss weights scaled by ``trial_weights[b]`` (``[B]``): the
+        scale rides in the generator state, so the result is a pytree like this one."""
+        step_fn = self.step_fn
+
+        def scaled(state, t):
+            gen, scale = state
+            gen, (x, target, w) = step_fn(gen, t)
+            return (gen, scale), (x, target, w * scale.astype(w.dtype).reshape(scale.shape + (1,) * (w.ndim - 1)))
+
+        return GeneratedBatch((self.state, trial_weights), scaled, self.n_steps, self.batch_size)
 
 
 class ModelSystem:

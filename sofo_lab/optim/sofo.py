@@ -248,7 +248,8 @@ def check_damping_range(bounds, names=checks.PLAIN) -> tuple[float, float]:
 def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 64, damping: float = 1e-3,
          orthonormalize: bool = False, sharding=_forward.LaneSharding(), fast: bool = True,
          adaptive_damping: bool = False, damping_range=(1e-6, 1.0), noise_aware: bool = False,
-         step_length: float = 1.0, trust_radius: float | None = None, names=checks.PLAIN) -> Optimizer:
+         step_length: float = 1.0, trust_radius: float | None = None, robust_trials: float | None = None,
+         names=checks.PLAIN) -> Optimizer:
     """SOFO with ``transform`` (an optax transformation) applied to the direction ``V z``.
 
     Every argument is checked here, once, for the command line (``from_config``) and the library
@@ -269,6 +270,12 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
 
     ``trust_radius``: the direction ``V z`` is at most this long, by a larger λ for this step
     (``trust_solve``; ``sofo/trust_damping`` is the λ taken); ``None``: off.
+
+    ``robust_trials`` (``c > 1``): before the forward pass, one primal pass gives each trial's loss,
+    and trials above ``c`` times the median are down-weighted to count as ``c`` median trials in C,
+    G̃ and the Levenberg-Marquardt test (``robust_weights``); ``loss`` stays the task's loss,
+    ``sofo/robust_loss`` is the reweighted one the step minimizes, ``sofo/downweighted`` the share
+    of trials down-weighted. ``None``: off (every trial counts in full).
     """
     n_tangents, orthonormalize = _forward.check_tangents(n_tangents, orthonormalize, names)
     damping = check_damping(damping, names)
@@ -277,6 +284,10 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     damping_min, damping_max = check_damping_range(damping_range, names)
     noise_aware = checks.boolean(names("noise_aware"), noise_aware)
     trust_radius = check_trust_radius(trust_radius, noise_aware, names)
+    if robust_trials is not None and (isinstance(robust_trials, bool) or not isinstance(robust_trials, (int, float))
+                                      or not 1 < robust_trials < math.inf):
+        raise ConfigError(names("robust_trials"), robust_trials, "must be null (off) or a finite number > 1 (a "
+                          "trial's loss above this many times the batch's median is down-weighted to it)")
     sharding = _forward.lane_sharding(sharding, n_tangents, names)
     stepper = _forward.stepper_for(system, fast=fast)
     transform = optax.with_extra_args_support(transform)   # update(..., value=loss) for optim.plateau
@@ -288,19 +299,24 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
 
     def update_fn(params, state, batch, key, carry):
         tangents = _forward.sample_tangents(key, params, n_tangents, orthonormalize)
+        metrics = {}
+        if robust_trials is not None:
+            losses = trial_losses(system, params, batch, carry)
+            weights = robust_weights(losses, robust_trials)
+            batch = batch.reweighted(weights)
+            metrics = {"sofo/downweighted": jnp.mean((weights < 1).astype(jnp.float32))}
         sketch = _forward.forward_sketch(system, params, tangents, batch, carry, stepper=stepper,
                                          sharding=sharding, per_trial=noise_aware)
         lam = state.damping if adaptive_damping else damping   # fixed: the exact float64 λ
-        metrics = {}
         if noise_aware:
             step = noise_aware_solve(sketch.ggn, sketch.c, sketch.c_trials, lam, step_length)
             z, s = step.z, step.s
-            metrics = {"sofo/noise_damping": step.damping.astype(jnp.float32),
-                       "sofo/step_scale": step.scale.astype(jnp.float32)}
+            metrics.update({"sofo/noise_damping": step.damping.astype(jnp.float32),
+                            "sofo/step_scale": step.scale.astype(jnp.float32)})
         elif trust_radius is not None:
             step = trust_solve(sketch.ggn, sketch.c, tangent_gram(tangents), lam, trust_radius)
             z, s = step.z, step.s
-            metrics = {"sofo/trust_damping": step.damping.astype(jnp.float32)}
+            metrics["sofo/trust_damping"] = step.damping.astype(jnp.float32)
         else:
             z, s = damped_solve(sketch.ggn, sketch.c, lam)
         direction = _forward.combine(tangents, z)
@@ -308,7 +324,10 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
         new_params = optax.apply_updates(params, updates)
         with _forward._x64():
             c_norm = jnp.sqrt(jnp.sum(sketch.c ** 2)).astype(jnp.float32)
-        metrics.update({"loss": sketch.loss.astype(jnp.float32), **curvature_metrics(s, lam),
+        if robust_trials is not None:   # the loss reported is the task's; the step's is the reweighted one
+            metrics["sofo/robust_loss"] = sketch.loss.astype(jnp.float32)
+        reported = jnp.sum(losses) if robust_trials is not None else sketch.loss
+        metrics.update({"loss": reported.astype(jnp.float32), **curvature_metrics(s, lam),
                         "sofo/projected_grad_norm": c_norm, "sofo/damping": lam})
         previous = state.previous
         if adaptive_damping:
@@ -345,6 +364,37 @@ def _primal_loss(system, params, batch, carry):
     return total
 
 
+def trial_losses(system, params, batch, carry):
+    """``[B]``: each trial's share of the batch's loss (they sum to ``_primal_loss``); one primal pass."""
+
+    def one(y, target, w):   # the loss of one trial, as a batch of one, divided by B
+        return system.loss.value(y[None], target[None], w[None]) / batch.batch_size
+
+    def body(c, xs):
+        state, total = c
+        x, target, w = xs
+        state, y = system.step(params, state, x)
+        return (state, total + jax.vmap(one)(y, target, w).astype(total.dtype)), None
+
+    init = (initial_state(system, params, carry, batch.batch_size), jnp.zeros((batch.batch_size,), batch.dtype))
+    (_, total), _ = batch.scan(body, init)
+    return total
+
+
+def robust_weights(losses, cap: float):
+    """IRLS weights ``w_b = min(1, cap·m / ℓ_b)`` of the trials' losses ``ℓ_b`` (``m`` their median).
+
+    They are ``ρ'(ℓ_b)`` of the robust loss ``ρ(ℓ) = ℓ`` for ``ℓ <= cap·m``, ``cap·m (1 + log(ℓ/(cap·m)))``
+    beyond: a trial whose closed loop blows up counts as ``cap`` median trials, not as the whole
+    batch, in C and G̃ (iteratively reweighted least squares: Holland & Welsch, Commun. Stat. 1977;
+    for Gauss-Newton, Triggs et al., Bundle adjustment — a modern synthesis, 2000, §4.3). Non-finite
+    losses get weight 0."""
+    m = jnp.nanmedian(jnp.where(jnp.isfinite(losses), losses, jnp.nan))   # of the finite losses
+    bound = cap * m
+    ok = jnp.isfinite(losses) & (losses > bound)
+    return jnp.where(ok, bound / jnp.where(ok, losses, 1.0), jnp.where(jnp.isfinite(losses), 1.0, 0.0))
+
+
 def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates, direction, z, sketch, batch,
                          carry, lam):
     """Compare the subspace model's predicted decrease with the actual one; adapt λ, reject bad steps.
@@ -375,14 +425,14 @@ def _step_length(update: dict) -> float:
 
 
 def from_config(system, *, iterations: int, n_tangents, damping, orthonormalize, adaptive_damping, damping_range,
-                shard, fast, noise_aware=False, trust_radius=None, **update) -> Optimizer:
+                shard, fast, noise_aware=False, trust_radius=None, robust_trials=None, **update) -> Optimizer:
     """``optim=sofo`` (conf/optim/sofo.yaml holds every default): ``sofo`` with the optax keys in
     ``update`` (``lr``, ``update``, ..., sofo_lab/optim/transforms.py), which checks each key.
 
-    ``noise_aware`` and ``trust_radius`` have defaults here only so that runs saved before the keys
+    ``noise_aware``, ``trust_radius`` and ``robust_trials`` have defaults here only so that runs saved before the keys
     existed still load.
     """
     return sofo(system, make_transform(update, iterations), n_tangents=n_tangents, damping=damping,
                 orthonormalize=orthonormalize, sharding=shard, fast=fast, adaptive_damping=adaptive_damping,
                 damping_range=damping_range, noise_aware=noise_aware, step_length=_step_length(update),
-                trust_radius=trust_radius, names=checks.CONFIG)
+                trust_radius=trust_radius, robust_trials=robust_trials, names=checks.CONFIG)
