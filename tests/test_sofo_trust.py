@@ -139,3 +139,27 @@ def test_robust_sofo_takes_the_plain_step_of_the_batch_reweighted_by_hand():
             trial_losses(system, params, batch, None))):
         for a, b in zip(jax.tree.leaves(quiet), jax.tree.leaves(same)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_robust_levenberg_marquardt_accepts_a_step_only_if_the_tasks_loss_falls_too():
+    """The adaptive step is the fixed-λ step when both the reweighted and the task's loss of the batch
+    fall, else no step; among the keys below the reweighted loss falls while the task's rises."""
+    system, params, batch = _network_problem()
+    loud = batch._replace(targets=batch.targets.at[:, 3].multiply(30.0))
+    weights = robust_weights(trial_losses(system, params, loud, None), 3.0)
+    kw = dict(n_tangents=8, damping=1e-3, robust_trials=3.0)
+    adaptive = sofo(system, optax.sgd(1.0), adaptive_damping=True, damping_range=(1e-3, 1.0), **kw)
+    fixed = sofo(system, optax.sgd(1.0), **kw)
+    seen = set()
+    for k in range(8):
+        key = jax.random.PRNGKey(k)
+        new, _, _, metrics = adaptive.update(params, adaptive.init(params), loud, key, None)
+        candidate, _, _, _ = fixed.update(params, fixed.init(params), loud, key, None)
+        task = [float(_primal_loss(system, p, loud, None)) for p in (params, candidate)]
+        reweighted = [float(_primal_loss(system, p, loud.reweighted(weights), None)) for p in (params, candidate)]
+        falls = (reweighted[1] <= reweighted[0], task[1] <= task[0])
+        seen.add(falls)
+        assert float(metrics["sofo/accepted"]) == float(all(falls)), (k, task, reweighted)
+        for a, b, c in zip(jax.tree.leaves(new), jax.tree.leaves(candidate), jax.tree.leaves(params)):
+            np.testing.assert_allclose(a, b if all(falls) else c, rtol=1e-5, atol=1e-7)
+    assert (True, False) in seen   # a step the task's loss refuses

@@ -275,7 +275,9 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     and trials above ``c`` times the median are down-weighted to count as ``c`` median trials in C,
     G̃ and the Levenberg-Marquardt test (``robust_weights``); ``loss`` stays the task's loss,
     ``sofo/robust_loss`` is the reweighted one the step minimizes, ``sofo/downweighted`` the share
-    of trials down-weighted. ``None``: off (every trial counts in full).
+    of trials down-weighted; with ``adaptive_damping`` a step must also lower the task's loss of the
+    batch (``_levenberg_marquardt``), and the plateau watches the task's loss. ``None``: off (every
+    trial counts in full).
     """
     n_tangents, orthonormalize = _forward.check_tangents(n_tangents, orthonormalize, names)
     damping = check_damping(damping, names)
@@ -299,12 +301,12 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
 
     def update_fn(params, state, batch, key, carry):
         tangents = _forward.sample_tangents(key, params, n_tangents, orthonormalize)
-        metrics = {}
+        metrics, robust = {}, None
         if robust_trials is not None:
             losses = trial_losses(system, params, batch, carry)
-            weights = robust_weights(losses, robust_trials)
-            batch = batch.reweighted(weights)
-            metrics = {"sofo/downweighted": jnp.mean((weights < 1).astype(jnp.float32))}
+            robust = Robust(robust_weights(losses, robust_trials), jnp.sum(losses), batch)
+            batch = batch.reweighted(robust.weights)
+            metrics = {"sofo/downweighted": jnp.mean((robust.weights < 1).astype(jnp.float32))}
         sketch = _forward.forward_sketch(system, params, tangents, batch, carry, stepper=stepper,
                                          sharding=sharding, per_trial=noise_aware)
         lam = state.damping if adaptive_damping else damping   # fixed: the exact float64 λ
@@ -320,20 +322,20 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
         else:
             z, s = damped_solve(sketch.ggn, sketch.c, lam)
         direction = _forward.combine(tangents, z)
-        updates, inner = transform.update(direction, state.inner, params, value=sketch.loss)
+        reported = sketch.loss if robust is None else robust.loss   # the task's loss, not the reweighted one
+        updates, inner = transform.update(direction, state.inner, params, value=reported)
         new_params = optax.apply_updates(params, updates)
         with _forward._x64():
             c_norm = jnp.sqrt(jnp.sum(sketch.c ** 2)).astype(jnp.float32)
-        if robust_trials is not None:   # the loss reported is the task's; the step's is the reweighted one
+        if robust is not None:
             metrics["sofo/robust_loss"] = sketch.loss.astype(jnp.float32)
-        reported = jnp.sum(losses) if robust_trials is not None else sketch.loss
         metrics.update({"loss": reported.astype(jnp.float32), **curvature_metrics(s, lam),
                         "sofo/projected_grad_norm": c_norm, "sofo/damping": lam})
         previous = state.previous
         if adaptive_damping:
             new_params, inner, lam, lm = _levenberg_marquardt(
                 system, params, new_params, transform.init(params), inner, updates, direction, z, sketch, batch,
-                carry, lam)
+                carry, lam, robust)
             lam = jnp.clip(lam, damping_min, damping_max)
             metrics.update(lm)
             with _forward._x64():
@@ -395,13 +397,27 @@ def robust_weights(losses, cap: float):
     return jnp.where(ok, bound / jnp.where(ok, losses, 1.0), jnp.where(jnp.isfinite(losses), 1.0, 0.0))
 
 
+class Robust(NamedTuple):
+    weights: jax.Array       # [B] robust_weights of the trials' losses before the step
+    loss: jax.Array          # the task's (unweighted) loss of the batch before the step
+    batch: Any               # the batch as the task gave it
+
+
 def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates, direction, z, sketch, batch,
-                         carry, lam):
+                         carry, lam, robust: Robust | None = None):
     """Compare the subspace model's predicted decrease with the actual one; adapt λ, reject bad steps.
 
     A rejected step also restarts the optax state's buffers (``fresh_inner``, ``_restart``): a
-    momentum buffer that pushed the loss up would otherwise push it up again at every later step."""
-    new_loss = _primal_loss(system, new_params, batch, carry)
+    momentum buffer that pushed the loss up would otherwise push it up again at every later step.
+    With ``robust`` trial weights, ρ is the reweighted loss's, and a step must lower the task's own
+    loss of the batch too: the weights bound what one trial does to the step, and this keeps the
+    step from buying the other trials' decrease with a growing loss on the down-weighted ones."""
+    if robust is None:
+        new_loss, guard = _primal_loss(system, new_params, batch, carry), True
+    else:
+        new_trials = trial_losses(system, new_params, robust.batch, carry)
+        new_loss = jnp.sum(robust.weights.astype(new_trials.dtype) * new_trials)
+        guard = jnp.sum(new_trials) <= robust.loss
     with _forward._x64():
         new_loss = new_loss.astype(jnp.float64)
         dd = _tree_vdot(direction, direction)
@@ -409,7 +425,7 @@ def _levenberg_marquardt(system, params, new_params, fresh_inner, inner, updates
         predicted = a * jnp.dot(sketch.c, z) - 0.5 * a**2 * jnp.dot(z, sketch.ggn @ z)
         actual = sketch.loss - new_loss
         rho = jnp.where(predicted > 0, actual / jnp.where(predicted > 0, predicted, 1.0), -1.0)
-        accept = jnp.isfinite(new_loss) & (actual >= 0)
+        accept = jnp.isfinite(new_loss) & (actual >= 0) & guard
         rho = jnp.where(jnp.isfinite(rho), rho, -1.0).astype(jnp.float32)
     factor = jnp.where(rho > LM_UPPER, LM_SHRINK, jnp.where(rho < LM_LOWER, LM_GROW, 1.0)).astype(jnp.float32)
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(accept, n, o), new, old)  # noqa: E731
