@@ -166,8 +166,11 @@ def test_tuned_presets_apply_to_their_task_model_and_optimizer_only():
     <task>_<model>_<optim>.yaml for that optimizer only; the command line wins over both."""
     reach = compose_config(["task=reach", "model=rnn", "optim=sofo"])
     assert (reach.iterations, reach.model.n_hidden, reach.optim.clip_norm) == (2000, 32, 1.0)
+    assert reach.optim.robust_trials == 10 and compose_config(["optim=sofo"]).optim.robust_trials == 10
+    double = compose_config(["task=double_reach", "model=rnn", "optim=sofo"])
+    assert (double.optim.clip_norm, double.optim.robust_trials) == (1.0, 10)
     adam = compose_config(["task=reach", "model=rnn", "optim=adam"])
     assert (adam.iterations, adam.model.n_hidden, adam.optim.clip_norm) == (2000, 32, None)
     assert compose_config(["optim=sofo", "optim.clip_norm=null"]).optim.clip_norm is None
     kalman = compose_config(["task=kalman", "model=rnn", "optim=sofo"])
-    assert kalman.optim.clip_norm is None and kalman.model.n_hidden != 32
+    assert kalman.optim.clip_norm is None and kalman.optim.robust_trials is None and kalman.model.n_hidden != 32
