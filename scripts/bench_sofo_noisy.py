@@ -71,7 +71,7 @@ def run_one(work: Path, task: str, model: str, method: str, seed: int, iteration
             f"seed={seed}", f"iterations={iterations}", "eval_every=100" if not quick else f"eval_every={iterations // 4}",
             "checkpoint_every=500", "logger=none", "progress=false", "plots=false", *extra,
             f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false",
+    env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip(),
            "JAX_COMPILATION_CACHE_DIR": str(work / ".jax_cache")}
     proc = subprocess.run(args, cwd=BATTERY, capture_output=True, text=True, env=env)
     if not summary.is_file():
