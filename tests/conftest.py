@@ -18,10 +18,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# XLA's CPU backend without its LLVM optimization passes: a tiny run is mostly compilation, which
-# this halves (the closed-loop SOFO step: 22 -> 10 s); the numbers are the same up to rounding,
-# which every test's tolerance allows. Appended, so a test or script that sets XLA_FLAGS keeps it.
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
