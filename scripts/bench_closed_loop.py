@@ -42,7 +42,9 @@ import jax  # noqa: E402
 
 from bench_common import compose, machine, machine_line, write_json  # noqa: E402
 
-TASKS = {"reach": ["task=reach"], "double_reach": ["task=double_reach"],
+# The motor presets' robust trial weights (one extra primal pass) are off in every case but
+# sofo/reach-preset, so that the reach and the plain network run the same optimizer.
+TASKS = {"reach": ["task=reach", "optim.robust_trials=null"], "double_reach": ["task=double_reach", "optim.robust_trials=null"],
          "plain": ["task=kalman", "task.n_steps=180"],
          "plain_noisy": ["task=kalman", "task.n_steps=180", "model.noise_amplitude=0.28"]}
 BOUNDS = {"sofo": 1.2}        # reach / plain; every other optimizer 1.5 (issue 23)
@@ -73,6 +75,7 @@ def cases(optims, sizes, quick: bool):
                     continue                       # the suite checks the script, not every case
                 if quick and task.startswith("plain"):
                     task_overrides = ["task=kalman", *task_overrides[2:]]
+                task_overrides = [o for o in task_overrides if optim == "sofo" or "robust" not in o]
                 out[f"{optim}/{task}/N{n}"] = [*task_overrides, f"optim={optim}", f"model.n_hidden={n}",
                                                *([o for o in small if optim in ("sofo", "fgd") or "tangents" not in o])]
         if optim == "sofo":
@@ -81,8 +84,10 @@ def cases(optims, sizes, quick: bool):
                 out[f"sofo/plain-{model}/N{n}"] = [*TASKS["plain"], "optim=sofo", f"model={model}",
                                                     f"model.n_hidden={n}", *small]
             for n in sizes:
-                out[f"sofo/reach-generic/N{n}"] = ["task=reach", "optim=sofo", "optim.fast=false",
+                out[f"sofo/reach-generic/N{n}"] = [*TASKS["reach"], "optim=sofo", "optim.fast=false",
                                                   f"model.n_hidden={n}", *small]
+                if not quick:   # the flagship as sofo-run runs it (robust_trials 10)
+                    out[f"sofo/reach-preset/N{n}"] = ["task=reach", "optim=sofo", f"model.n_hidden={n}"]
     return out
 
 
@@ -145,6 +150,7 @@ def main(argv=None) -> dict:
     if "sofo" in args.optims.split(","):
         for n in sizes:
             ratio(f"sofo/reach/N{n} : generic", f"sofo/reach/N{n}", f"sofo/reach-generic/N{n}", 1.0)
+            ratio(f"sofo/reach-preset/N{n} : reach", f"sofo/reach-preset/N{n}", f"sofo/reach/N{n}", None)
         if 32 in sizes and 64 in sizes:
             ratio("sofo/plain GFLOP/s N32 : N64", "sofo/plain/N32", "sofo/plain/N64", 0.75, True, "gflops")
         n = 64 if 64 in sizes else sizes[0]
@@ -158,9 +164,13 @@ def main(argv=None) -> dict:
         print(f"{name:30s} {r['ms']:11.1f} {r['ms_min']:9.1f} {'-' if r['gflops'] is None else format(r['gflops'], '8.1f'):>8s}")
     print(f"\n{'ratio':38s} {'median':>6s} {'min':>6s}  bound")
     for name, r in ratios.items():
+        lo = "-" if r["min_ratio"] is None else f"{r['min_ratio']:.2f}"
+        if r["bound"] is None:   # a cost to report (the preset's extra pass), not a target
+            r["met"] = None
+            print(f"{name:38s} {r['ratio']:6.2f} {lo:>6s}  (no bound)")
+            continue
         ok = r["ratio"] >= r["bound"] if r["at_least"] else r["ratio"] <= r["bound"]
         r["met"] = bool(ok)
-        lo = "-" if r["min_ratio"] is None else f"{r['min_ratio']:.2f}"
         print(f"{name:38s} {r['ratio']:6.2f} {lo:>6s}  {'≥' if r['at_least'] else '≤'} {r['bound']}  {'ok' if ok else 'NOT MET'}")
     result = {"machine": m, "repeats": args.repeats, "calls": args.calls, "quick": args.quick,
               "n_steps": steps, "records": records, "ratios": ratios}
@@ -182,6 +192,9 @@ def markdown(result: dict) -> str:
     lines += ["", "| ratio | median | min | bound | met |", "|---|---:|---:|---|---|"]
     for name, r in result["ratios"].items():
         lo = "-" if r["min_ratio"] is None else f"{r['min_ratio']:.2f}"
+        if r["bound"] is None:
+            lines.append(f"| {name} | {r['ratio']:.2f} | {lo} | – | – |")
+            continue
         lines.append(f"| {name} | {r['ratio']:.2f} | {lo} | {'≥' if r['at_least'] else '≤'} {r['bound']} | "
                      f"{'yes' if r['met'] else '**no**'} |")
     return "\n".join(lines) + "\n"
