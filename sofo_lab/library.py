@@ -45,6 +45,7 @@ from sofo_lab.core.system import Batch, StepInput
 from sofo_lab.optim import _forward
 from sofo_lab.optim import fgd as _fgd
 from sofo_lab.optim import rtrl as _rtrl
+from sofo_lab.optim import solves as _solves
 from sofo_lab.optim import sofo as _sofo
 from sofo_lab.optim import uoro as _uoro
 from sofo_lab.optim.transforms import make_plateau
@@ -306,8 +307,8 @@ def value_and_sofo_direction(step, loss, *, init_state, n_tangents: int = _SOFO[
     damping = _sofo.check_damping(damping)
 
     def finish(tangents, sketch, params):
-        z, s = _sofo.damped_solve(sketch.ggn, sketch.c, damping)
-        return _forward.combine(tangents, z), _sofo.curvature_metrics(s, damping)
+        z, s = _solves.damped_solve(sketch.ggn, sketch.c, damping)
+        return _forward.combine(tangents, z), _solves.curvature_metrics(s, damping)
 
     return _direction_fn(step, loss, init_state, n_tangents, orthonormalize, True, finish)
 

@@ -13,7 +13,8 @@ import pytest
 from sofo_lab.core.losses import MeanSquaredError
 from sofo_lab.models.rnn import RateRNN
 from sofo_lab.optim import _forward
-from sofo_lab.optim.sofo import NOISE_GRID, damped_solve, noise_aware_solve, sofo
+from sofo_lab.optim.sofo import sofo
+from sofo_lab.optim.solves import NOISE_GRID, damped_solve, noise_aware_solve
 from sofo_lab.core.system import Batch, ModelSystem, rollout
 
 T, B, I, O, N, K = 6, 5, 2, 2, 4, 7

@@ -14,8 +14,8 @@ import pytest
 from sofo_lab.core.losses import MeanSquaredError
 from sofo_lab.core.system import Batch, ModelSystem
 from sofo_lab.models.rnn import RateRNN
-from sofo_lab.optim.sofo import (TRUST_GRID, _primal_loss, damped_solve, robust_weights, sofo, tangent_gram,
-                                 trial_losses, trust_solve)
+from sofo_lab.optim.sofo import _primal_loss, robust_weights, sofo, trial_losses
+from sofo_lab.optim.solves import TRUST_GRID, damped_solve, tangent_gram, trust_solve
 
 K, P = 6, 40
 
