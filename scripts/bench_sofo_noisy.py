@@ -195,7 +195,7 @@ def main(argv=None) -> dict:
     cases = [c for sel in args.cases for c in CASES if sel in (c[2], c[0], f"{c[0]}:{c[1]}")]   # in the order asked
     if args.quick:
         cases, args.seeds = cases[:1], args.seeds[:1]
-    work = Path(args.work)
+    work = Path(args.work).resolve()   # the runs start in the battery's folder: a relative path would land there
     work.mkdir(parents=True, exist_ok=True)
     jobs = [(t, m, cls, meth, s) for t, m, cls in cases for meth in args.methods for s in args.seeds]
     reused = reusable_runs(args.reuse, args.iterations)

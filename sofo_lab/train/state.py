@@ -26,9 +26,27 @@ def run_keys(seed: int):
     return init, train, eval_, data
 
 
-def init_train_state(setup: Setup, seed: int, batch_size: int) -> TrainState:
+def compiled_once(fn):
+    """``fn()`` as one compiled program: one XLA compilation instead of one per operation, which is
+    most of a short run's start-up on CPU (~40 small ops to initialise a network). A user's code that
+    needs concrete values (numpy on the parameters, a Python branch on a value) raises a ``TypeError``
+    under the trace and runs op by op instead, as it would have."""
+    try:
+        return jax.jit(fn)()
+    except TypeError:   # ConcretizationTypeError, TracerArrayConversionError, ... are TypeErrors
+        return fn()
+
+
+def init_train_state(setup: Setup, seed: int, batch_size: int, compile: bool = False) -> TrainState:
+    """Where a run starts. ``compile=True`` (the Trainer's start-up) initialises the network, the
+    optimizer and the carry in one program (:func:`compiled_once`); the task's data state is always
+    made op by op (a stream's data must not become a constant of a compiled program)."""
     k_init, _, _, k_data = run_keys(seed)
-    params = setup.system.init_params(k_init)
-    carry = None if setup.task.episodic else setup.system.init_state(params, batch_size)
-    return TrainState(params, setup.optimizer.init(params), setup.task.init_data(k_data, batch_size),
-                      carry, jnp.zeros((), jnp.int32))
+
+    def network():
+        params = setup.system.init_params(k_init)
+        carry = None if setup.task.episodic else setup.system.init_state(params, batch_size)
+        return params, setup.optimizer.init(params), carry
+
+    params, opt_state, carry = compiled_once(network) if compile else network()
+    return TrainState(params, opt_state, setup.task.init_data(k_data, batch_size), carry, jnp.zeros((), jnp.int32))

@@ -19,7 +19,7 @@ from sofo_lab.core.errors import ConfigError
 from sofo_lab.core.system import GeneratedBatch, StepInput, rollout
 from sofo_lab.optim.transforms import plateau_metrics
 from sofo_lab.train.assemble import Setup
-from sofo_lab.train.state import TrainState, run_keys
+from sofo_lab.train.state import TrainState, compiled_once, run_keys
 
 
 class TrainClock:
@@ -109,10 +109,15 @@ def make_eval(setup: Setup, seed: int, batch_size: int):
     task, system = setup.task, setup.system
     _, _, k_eval, _ = run_keys(seed)
     k_batch, k_noise = jax.random.split(k_eval)
-    batch = task.eval_batch(k_batch, batch_size)
+
+    def held_out():
+        batch = task.eval_batch(k_batch, batch_size)
+        return None if batch is None else batch._replace(noise=system.sample_noise(k_noise, batch.n_steps, batch_size))
+
+    # one program, not one per op; a pool of host trials is sliced on the host (never a compiled constant)
+    batch = held_out() if getattr(task, "host_batches", False) else compiled_once(held_out)
     if batch is None:
         return None, None
-    batch = batch._replace(noise=system.sample_noise(k_noise, batch.n_steps, batch_size))
 
     @jax.jit
     def evaluate(params):

@@ -107,7 +107,7 @@ class Trainer:
     def fit(self) -> dict:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         rundir.lock(self.run_dir)   # one process per run directory
-        self.state = init_train_state(self.setup, self.cfg.seed, self.batch_size)
+        self.state = init_train_state(self.setup, self.cfg.seed, self.batch_size, compile=True)
         saved = checkpoint.resume_payload(self.run_dir, self.config) if self.cfg.get("resume", True) else None
         if saved is not None:
             self.state = jax.tree.map(jnp.asarray, saved["state"])
