@@ -224,18 +224,24 @@ def sofo(system, transform: optax.GradientTransformation, *, n_tangents: int = 6
     return Optimizer(init_fn, update_fn)
 
 
-def _primal_loss(system, params, batch, carry):
-    """The summed loss of ``params`` on ``batch`` (one primal pass; nothing of length T kept)."""
+def _summed(system, params, batch, carry, loss_at, shape=()):
+    """``Σ_t loss_at(y_t, target_t, w_t)`` over one primal pass of ``params`` on ``batch`` (nothing of
+    length T kept); ``shape``: that of one step's loss."""
 
     def body(c, xs):
         state, total = c
         x, target, w = xs
         state, y = system.step(params, state, x)
-        return (state, total + system.loss.value(y, target, w).astype(total.dtype)), None
+        return (state, total + loss_at(y, target, w).astype(total.dtype)), None
 
-    init = (initial_state(system, params, carry, batch.batch_size), jnp.zeros((), batch.dtype))
+    init = (initial_state(system, params, carry, batch.batch_size), jnp.zeros(shape, batch.dtype))
     (_, total), _ = batch.scan(body, init)
     return total
+
+
+def _primal_loss(system, params, batch, carry):
+    """The summed loss of ``params`` on ``batch`` (one primal pass)."""
+    return _summed(system, params, batch, carry, system.loss.value)
 
 
 def trial_losses(system, params, batch, carry):
@@ -244,15 +250,7 @@ def trial_losses(system, params, batch, carry):
     def one(y, target, w):   # the loss of one trial, as a batch of one, divided by B
         return system.loss.value(y[None], target[None], w[None]) / batch.batch_size
 
-    def body(c, xs):
-        state, total = c
-        x, target, w = xs
-        state, y = system.step(params, state, x)
-        return (state, total + jax.vmap(one)(y, target, w).astype(total.dtype)), None
-
-    init = (initial_state(system, params, carry, batch.batch_size), jnp.zeros((batch.batch_size,), batch.dtype))
-    (_, total), _ = batch.scan(body, init)
-    return total
+    return _summed(system, params, batch, carry, jax.vmap(one), (batch.batch_size,))
 
 
 def robust_weights(losses, cap: float):
