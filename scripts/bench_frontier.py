@@ -1,12 +1,12 @@
 """The flagship's frontier at equal wall-clock: the reach against the network's size N (issue 23, item 4).
 
-    python scripts/bench_frontier.py [--sizes 32,64,128] [--budget 600] [--jobs 2]
-                                     [--out docs/results/frontier_10min.json]
+    python scripts/bench_frontier.py [--sizes 32,64,128] [--optims sofo,adam] [--budget 600] [--jobs 2]
+                                     [--task reach|double_reach] [--seed 0] [--out docs/results/frontier_10min.json]
 
 For each N and each optimizer (SOFO as ``sofo-run`` runs it, with the reach preset; Adam on full
 BPTT at the setting docs/motor.md found best, lr 3e-3 with global-norm clipping 1) one run of
-``sofo-run task=reach model.n_hidden=N`` trains until its training clock (``time_s``: compilation,
-evaluation and checkpoints not counted) passes ``--budget`` seconds, and is then stopped with
+``sofo-run task=reach model.n_hidden=N`` (``--task double_reach``: the double reach) trains until
+its training clock (``time_s``: compilation, evaluation and checkpoints not counted) passes ``--budget`` seconds, and is then stopped with
 SIGTERM (the run checkpoints and exits, so it can be continued). The table is every run read at
 its last held-out evaluation within the budget (``sofo-compare --at seconds=<budget>``): loss,
 within 1 cm, moved early, hold error, and the iteration that evaluation came at.
@@ -53,12 +53,12 @@ def last_record(path: Path) -> dict:
     return {}
 
 
-def train_for(optim: str, n: int, budget: float, run_dir: Path, seed: int) -> dict:
+def train_for(optim: str, n: int, budget: float, run_dir: Path, seed: int, task: str = "reach") -> dict:
     """One run, stopped once its training clock passes ``budget`` seconds and an evaluation follows."""
     if (run_dir / "budget_reached").is_file():
         return {"optim": optim, "n_hidden": n, "run_dir": str(run_dir), "reused": True}
     every = max(1, round(budget / SECONDS_PER_ITERATION[optim].get(n, 1.0) / EVALS))
-    args = ["task=reach", f"model.n_hidden={n}", *OPTIMS[optim], f"seed={seed}", "iterations=1000000",
+    args = [f"task={task}", f"model.n_hidden={n}", *OPTIMS[optim], f"seed={seed}", "iterations=1000000",
             f"eval_every={every}", f"log_every={every}", "checkpoint_every=1000000", *QUIET,
             f"hydra.run.dir={run_dir}"]
     env = {**os.environ, "XLA_FLAGS": (os.environ.get("XLA_FLAGS", "") + " " + ONE_CORE).strip()}
@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     ap.add_argument("--optims", default="sofo,adam")
     ap.add_argument("--budget", type=float, default=600.0, help="training seconds per run")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--task", default="reach", help="a motor task: reach or double_reach")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--work", default="outputs/bench/frontier")
     ap.add_argument("--out", default="docs/results/frontier_10min.json")
@@ -122,7 +123,8 @@ def main(argv=None) -> int:
     print(f"machine: {info['cpu']} ({info['cpus_usable']} cores), {args.jobs} runs at a time, budget {args.budget:.0f} s",
           flush=True)
     with concurrent.futures.ThreadPoolExecutor(args.jobs) as ex:
-        runs = list(ex.map(lambda s: train_for(s[0], s[1], args.budget, work / f"{s[0]}-N{s[1]}", args.seed), specs))
+        runs = list(ex.map(lambda s: train_for(s[0], s[1], args.budget, work / f"{s[0]}-N{s[1]}", args.seed,
+                                              args.task), specs))
     rows = [{**r, **read_at(r["run_dir"], args.budget)} for r in runs]
     table = markdown(rows, args.budget)
     print(table)
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
 
     written = compare([r["run_dir"] for r in rows], out=out.parent, stem=out.stem, metrics=METRICS,
                       at=("seconds", args.budget))
-    write_json(out, {"benchmark": "the reach at equal wall-clock against N (issue 23, item 4)", "budget_s": args.budget,
+    write_json(out, {"benchmark": f"{args.task} at equal wall-clock against N (issue 23, item 4)", "budget_s": args.budget,
                      "seed": args.seed, "jobs": args.jobs, "optims": OPTIMS, "machine": info, "rows": rows,
                      "table_markdown": table, "written": written,
                      "command": "python scripts/bench_frontier.py " + " ".join(argv or sys.argv[1:])})
