@@ -6,8 +6,9 @@
 For each N and each optimizer (SOFO as ``sofo-run`` runs it, with the reach preset; Adam on full
 BPTT at the setting docs/motor.md found best, lr 3e-3 with global-norm clipping 1) one run of
 ``sofo-run task=reach model.n_hidden=N`` (``--task double_reach``: the double reach) trains until
-its training clock (``time_s``: compilation, evaluation and checkpoints not counted) passes ``--budget`` seconds, and is then stopped with
-SIGTERM (the run checkpoints and exits, so it can be continued). The table is every run read at
+its training clock (``time_s``: compilation, evaluation and checkpoints not counted) passes
+``--budget`` seconds, and is then stopped with SIGTERM (the run checkpoints and exits, so it can
+be continued). The table is every run read at
 its last held-out evaluation within the budget (``sofo-compare --at seconds=<budget>``): loss,
 within 1 cm, moved early, hold error, and the iteration that evaluation came at.
 
