@@ -18,10 +18,14 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-# The suite's programs are tiny: XLA's backend optimizations cost more than they save (about a
-# quarter of a compile-bound test's time). Numerics are checked against exact counterparts, which
-# hold either way; benchmarks and users' runs keep the optimizations.
+# The suite's programs are tiny and compiling them is most of its time: without XLA's backend
+# optimizations (a quarter less) and with XLA CPU's older elementwise emitters (half the compile
+# time again; slower code, which tiny sizes do not feel). Numerics are checked against exact
+# counterparts, which hold either way; benchmarks and users' runs keep XLA's defaults
+# (docs/results/suite_speed.md).
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+if "--xla_cpu_use_fusion_emitters" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_use_fusion_emitters=false").strip()
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402

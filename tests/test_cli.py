@@ -24,10 +24,10 @@ SUMMARY_PROFILE_KEYS = {"n_params", "lower_s", "compile_s", "step_time_median_s"
                         "step_memory_bytes", "device_peak_bytes", "host_peak_rss_bytes", "flops"}
 
 
-def test_run_writes_the_run_directory_and_prints_the_result(tmp_path):
+def test_run_writes_the_run_directory_and_prints_the_result(tmp_path, sofo_run_here):
     run_dir = tmp_path / "run"
     env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    out = run_cli(["iterations=6", "batch_size=4", "task.n_steps=20", "model.n_hidden=8", "eval_every=3",
+    out = sofo_run_here([*KALMAN, "iterations=6", "batch_size=4", "task.n_steps=20", "model.n_hidden=8", "eval_every=3",
                    "checkpoint_every=3", "log_every=2", f"hydra.run.dir={run_dir}"], cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert f"Run directory: {run_dir}" in out.stdout
@@ -65,15 +65,17 @@ def _final(run_dir):
     return summary, params
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path):
-    args = ["iterations=200", "batch_size=8", "task.n_steps=200", "model.n_hidden=24", "checkpoint_every=25",
+def test_killed_run_resumes_to_the_same_result(tmp_path, sofo_run_here):
+    """Only the run that is killed needs a process of its own: the reference and the resumed run
+    go through ``main()`` in this one."""
+    args = [*KALMAN, "iterations=200", "batch_size=8", "task.n_steps=200", "model.n_hidden=24", "checkpoint_every=25",
             "eval_every=50", "log_every=25", "logger=none", "progress=false", "plots=false"]
     reference = tmp_path / "reference"
-    out = run_cli([*args, f"hydra.run.dir={reference}"], cwd=tmp_path)
+    out = sofo_run_here([*args, f"hydra.run.dir={reference}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli.run", *KALMAN, *args, f"hydra.run.dir={killed}"],
+    proc = subprocess.Popen([sys.executable, "-m", "sofo_lab.cli.run", *args, f"hydra.run.dir={killed}"],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     ckpt = killed / "checkpoints/last.pkl"
     deadline = time.time() + 120
@@ -86,7 +88,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
     assert 0 < stopped_at < 200, "the run was not killed mid-way"
     assert not (killed / "summary.json").exists()
 
-    out = run_cli([*args, f"hydra.run.dir={killed}"], cwd=tmp_path)
+    out = sofo_run_here([*args, f"hydra.run.dir={killed}"], cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "Resuming" in out.stderr
     ref_summary, ref_params = _final(reference)

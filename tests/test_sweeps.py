@@ -100,9 +100,9 @@ def _wait_for(path: Path, proc, timeout=120):
         time.sleep(0.2)
 
 
-LONG = ["task=kalman", "model=rnn", "optim=adam", "iterations=6000", "batch_size=4", "task.n_steps=20",
-        "model.n_hidden=8", "progress=false", "plots=false", "log_every=50", "eval_every=1000",
-        "checkpoint_every=1000"]
+LONG = ["task=kalman", "model=rnn", "optim=adam", "iterations=3000", "batch_size=4", "task.n_steps=20",
+        "model.n_hidden=8", "progress=false", "plots=false", "log_every=50", "eval_every=500",
+        "checkpoint_every=500"]
 
 
 def _kill_wandb_service(proc) -> None:
@@ -114,7 +114,7 @@ def _kill_wandb_service(proc) -> None:
 
 
 @pytest.mark.slow
-def test_stop_signal_wandb_failures_and_resume_match_uninterrupted(tmp_path):
+def test_stop_signal_wandb_failures_and_resume_match_uninterrupted(tmp_path, sofo_run_here):
     """Three runs of the same config:
 
     - ``cut``: wandb (offline) whose service is killed mid-run, then SIGTERM: the run keeps training
@@ -135,8 +135,8 @@ def test_stop_signal_wandb_failures_and_resume_match_uninterrupted(tmp_path):
     assert "Caught SIGTERM: checkpoint written" in out
     with open(tmp_path / "cut" / "checkpoints" / "last.pkl", "rb") as f:
         stopped_at = int(pickle.load(f)["state"].iteration)
-    assert 0 < stopped_at < 6000 and stopped_at % 1000 != 0     # written at the signal
-    resumed = run_cli([*LONG, "logger=none", f"hydra.run.dir={tmp_path / 'cut'}"], cwd=tmp_path)
+    assert 0 < stopped_at < 3000 and stopped_at % 500 != 0      # written at the signal
+    resumed = sofo_run_here([*LONG, "logger=none", f"hydra.run.dir={tmp_path / 'cut'}"], cwd=tmp_path)
     assert resumed.returncode == 0 and f"from iteration {stopped_at}" in resumed.stderr, resumed.stderr[-2000:]
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
@@ -150,7 +150,7 @@ def test_stop_signal_wandb_failures_and_resume_match_uninterrupted(tmp_path):
 
     for d in ("cut", "straight"):
         iters = [json.loads(x)["iteration"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-        assert iters == [0, *range(50, 6001, 50)], d        # every logged iteration, once (0: evaluation)
+        assert iters == [0, *range(50, 3001, 50)], d        # every logged iteration, once (0: evaluation)
     a, b = (pickle.load(open(tmp_path / d / "checkpoints" / "last.pkl", "rb"))["state"] for d in ("cut", "straight"))
     for x, y in zip(jax_leaves(a.params), jax_leaves(b.params)):
         np.testing.assert_array_equal(x, y)
