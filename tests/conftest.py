@@ -127,7 +127,7 @@ def sofo_run_here(monkeypatch):
         from absl import logging as absl_logging
 
         monkeypatch.setattr(absl_logging.get_absl_handler().python_handler, "stream", sys.__stderr__)
-        saved = _logging_state()
+        saved, environ = _logging_state(), dict(os.environ)
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
                 try:
@@ -136,6 +136,10 @@ def sofo_run_here(monkeypatch):
                     code = exit_.code or 0
         finally:
             _restore_logging(saved)   # Hydra's job logging would keep writing to the closed streams above
+            # wandb exports its service's address (WANDB_SERVICE): a sofo-run started later by this
+            # worker would join this process's service instead of starting its own
+            os.environ.clear()
+            os.environ.update(environ)
         return subprocess.CompletedProcess(["sofo-run", *args], code, out.getvalue(), err.getvalue())
 
     yield call
