@@ -10,6 +10,7 @@ this process (a single run, or a sweep under the basic launcher) trains what was
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import itertools
 import json
@@ -138,11 +139,9 @@ def _compose(combo: list[str], groups: set[str], search: list[str], config_name:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
             if not any(o.is_add() or o.is_force_add() for o in parsed):
                 # without `+`, a composition that succeeds has every key: the groups' own composition
-                # (0.5 s) is needed only to name the closest key of one that fails
-                try:
+                # below (0.5 s) is needed only to name the closest key when this one fails
+                with contextlib.suppress(HydraException, OmegaConfBaseException, ValueError):
                     return compose(config_name, overrides=[*combo, *search], return_hydra_config=True)
-                except (HydraException, OmegaConfBaseException, ValueError):
-                    pass
             base = compose(config_name, overrides=[*chosen, *search], return_hydra_config=True)
             _check_keys([o for o in parsed if o.key_or_group not in groups], base)
             return compose(config_name, overrides=[*combo, *search], return_hydra_config=True)
